@@ -1,0 +1,1 @@
+"""Backends turn Requests into Responses; nothing else (no scoring, no scheduling)."""

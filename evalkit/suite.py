@@ -1,0 +1,75 @@
+"""What a benchmark is: a dataset, a prompt per mode and a scorer (inspect_ai's separation).
+
+A suite module under `suites/` subclasses `Suite`, fills in the class attributes and the
+few methods below, and registers an instance with `evalkit.registry.register_suite`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from evalkit import data, stats
+from evalkit.records import GenerationParams, Request, Response, Sample, SampleRecord, Score
+
+
+class Suite(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    modes: ClassVar[tuple[str, ...]]
+    default_mode: ClassVar[str]
+    # How sample ids are formed; shown by `evalkit list suites` and in the README.
+    id_doc: ClassVar[str]
+    # Where the data lives and which fields define it.
+    data_relpath: ClassVar[str]
+    hub: ClassVar[data.HubSource]
+    fingerprint_fields: ClassVar[tuple[str, ...]]
+    # sha256 of the official records (see evalkit.data.fingerprint); a mismatch is refused.
+    expected_fingerprint: ClassVar[str]
+    # Metadata keys to break results down by (e.g. subject, level).
+    breakdown_keys: ClassVar[tuple[str, ...]] = ()
+
+    # -- data -----------------------------------------------------------------------------
+    def load_records(self, location: data.DataLocation) -> list[dict[str, Any]]:
+        return data.load_records(location, self.data_relpath, self.hub)
+
+    @abstractmethod
+    def sample_id(self, index: int, record: dict[str, Any]) -> str: ...
+
+    @abstractmethod
+    def to_sample(self, index: int, record: dict[str, Any]) -> Sample: ...
+
+    def fingerprint(self, records: Sequence[dict[str, Any]]) -> str:
+        return data.fingerprint(records, self.sample_id, self.fingerprint_fields)
+
+    # -- prompting ------------------------------------------------------------------------
+    @abstractmethod
+    def templates(self, mode: str) -> dict[str, Any]:
+        """Every fixed text that shapes the prompt in this mode (hashed into provenance)."""
+
+    def template_hash(self, mode: str) -> str:
+        body = json.dumps(self.templates(mode), sort_keys=True, ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+    @abstractmethod
+    def build_request(
+        self, sample: Sample, mode: str, params: GenerationParams, sample_index: int
+    ) -> Request: ...
+
+    # -- scoring --------------------------------------------------------------------------
+    @abstractmethod
+    def score_batch(self, items: Sequence[tuple[Sample, Response]], mode: str) -> list[Score]:
+        """Score finished responses; batched so that expensive graders can run in parallel."""
+
+    def metrics(self, records: Sequence[SampleRecord], samples_per_item: int) -> dict[str, Any]:
+        return {"accuracy": stats.clustered_mean(records)}
+
+    def breakdowns(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        return {key: stats.breakdown(records, key) for key in self.breakdown_keys}
+
+    def provenance(self) -> dict[str, Any]:
+        """Extra facts a suite's scores depend on (e.g. the sandbox's isolation layers)."""
+        return {}
