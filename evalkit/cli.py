@@ -24,6 +24,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -63,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-url", help="OpenAI-compatible endpoint (default: preset or $OPENAI_BASE_URL)"
     )
     run.add_argument("--api-key-env", help="environment variable holding the API key")
-    run.add_argument("--request-timeout", type=_non_negative_float, default=600.0)
+    run.add_argument(
+        "--request-timeout", type=_positive_float, default=600.0, help="seconds per attempt"
+    )
     run.add_argument(
         "--max-attempts", type=_positive_int, default=6, help="per request, retries included"
     )

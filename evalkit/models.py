@@ -64,6 +64,9 @@ class ModelOptions:
     timeout_s: float = 600.0
     max_attempts: int = 6
     concurrency: int = 8
+    # First retry backoff (doubling, jittered) when the server names no Retry-After; tests and
+    # local servers set it small so that recovering from faults costs milliseconds, not seconds.
+    backoff_base_s: float = 1.0
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -111,5 +114,6 @@ def build_backend(spec: str, options: ModelOptions) -> Backend:
         api_key,
         timeout_s=options.timeout_s,
         max_attempts=options.max_attempts,
+        backoff_base_s=options.backoff_base_s,
         extra=extra,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from evalkit.store import Run, RunWriter, Store, new_run_id, results_root
 from evalkit.suite import Suite
 
 SCORE_BATCH = 256
+FATAL_ERRORS = ("HTTP 401", "HTTP 403", "HTTP 404")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def plan(config: RunConfig) -> Plan:
     samples = select_shard(samples, config.shard)
 
     backend = build_backend(config.model, config.model_options)
+    backend.validate([s.id for s in samples])
     dataset = {
         **location.describe(suite.data_relpath, suite.hub),
         "fingerprint": fp,
@@ -171,7 +174,13 @@ def execute(config: RunConfig) -> Run:
         else:
             _log(f"run {run.run_id}: {len(todo)} samples")
         started = time.time()
-        asyncio.run(_generate_and_score(p, config, todo, writer))
+        try:
+            asyncio.run(_generate_and_score(p, config, todo, writer))
+        except EvalkitError:
+            if not resumed and not run.samples():
+                writer.close()
+                shutil.rmtree(run.path)  # nothing was measured: leave nothing behind
+            raise
         records = _complete_records(run, p, config.samples)
         writer.finish(_summary(run, p, config, records, resumed, started))
     finally:
@@ -200,6 +209,9 @@ async def _generate_and_score(
         request = p.suite.build_request(sample, p.mode, config.params, index)
         async with sem:
             response = await p.backend.generate(request)
+        if response.error and response.error.startswith(FATAL_ERRORS):
+            # A wrong key or an unknown model fails every sample alike: stop, don't record.
+            raise EvalkitError(f"{config.model}: {response.error}")
         await queue.put((sample, index, request, response))
 
     async def scorer() -> None:
@@ -225,8 +237,8 @@ async def _generate_and_score(
             )
             bar.update(len(batch))
 
-    await p.backend.start()
     try:
+        await p.backend.start()
         scoring = asyncio.create_task(scorer())
         tasks = [asyncio.create_task(one(s, i)) for s, i in todo]
         try:

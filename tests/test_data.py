@@ -26,8 +26,12 @@ def write_hub_repo(root: Path, configs: dict[str | None, list[dict]], split: str
         folder = root / name
         folder.mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(rows), folder / f"{split}-00000-of-00001.parquet")
-        lines += [f"- config_name: {name}", "  data_files:",
-                  f"  - split: {split}", f"    path: {name}/{split}-*"]
+        lines += [
+            f"- config_name: {name}",
+            "  data_files:",
+            f"  - split: {split}",
+            f"    path: {name}/{split}-*",
+        ]
     (root / "README.md").write_text("\n".join([*lines, "---", ""]))
 
 

@@ -91,7 +91,7 @@ def _off_by_one(record: dict[str, Any]) -> str:
 
 WRONG_CASES = [
     ("gsm8k", "chat", _off_by_one),
-    ("math500", "chat", lambda r: boxed(f"\\left({r['answer']}\\right)+1")),
+    ("math500", "chat", lambda r: boxed(f"{r['answer']}+1")),
     ("math500", "chat", lambda r: "I am not sure how to solve this problem."),
     ("humaneval", "completion", lambda r: "    return None\n"),
 ]

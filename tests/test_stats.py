@@ -13,14 +13,28 @@ from evalkit.records import SampleRecord
 
 def rec(pid: str, index: int, correct: bool) -> SampleRecord:
     return SampleRecord(
-        id=pid, sample_index=index, prompt="", response="", extracted=None, correct=correct,
-        target="", finish_reason="stop", prompt_tokens=0, completion_tokens=0, latency_s=0.0,
-        attempts=1, error=None, metadata={}, details={},
+        id=pid,
+        sample_index=index,
+        prompt="",
+        response="",
+        extracted=None,
+        correct=correct,
+        target="",
+        finish_reason="stop",
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_s=0.0,
+        attempts=1,
+        error=None,
+        metadata={},
+        details={},
     )
 
 
-@pytest.mark.parametrize(("n", "c", "k"), [(10, 0, 1), (10, 3, 1), (10, 3, 5), (20, 19, 10),
-                                           (5, 5, 5), (100, 1, 10), (7, 2, 6)])
+@pytest.mark.parametrize(
+    ("n", "c", "k"),
+    [(10, 0, 1), (10, 3, 1), (10, 3, 5), (20, 19, 10), (5, 5, 5), (100, 1, 10), (7, 2, 6)],
+)
 def test_pass_at_k_matches_closed_form(n: int, c: int, k: int) -> None:
     expected = 1.0 - comb(n - c, k) / comb(n, k)
     assert stats.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
@@ -45,7 +59,7 @@ def test_stderr_is_the_binomial_standard_error() -> None:
 def test_bootstrap_interval_covers_the_truth_about_95_percent() -> None:
     rng = np.random.default_rng(7)
     p, n, trials, covered = 0.62, 200, 300, 0
-    for t in range(trials):
+    for _ in range(trials):
         outcomes = rng.random(n) < p
         m = stats.summarize(outcomes.astype(float))
         covered += m["ci95"][0] <= p <= m["ci95"][1]

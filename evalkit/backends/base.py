@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from evalkit.records import Request, Response
@@ -11,6 +12,9 @@ from evalkit.records import Request, Response
 class Backend(ABC):
     """Async request -> response. `generate` never raises for a failed request: it returns a
     Response with `error` set, so one bad sample cannot take a run down."""
+
+    def validate(self, sample_ids: Sequence[str]) -> None:  # noqa: B027 (optional hook)
+        """Reject, before anything is written, input that cannot answer these samples."""
 
     async def start(self) -> None:  # noqa: B027 (optional hook)
         """Acquire resources (start a server, open clients) before the first request."""

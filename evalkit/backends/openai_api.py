@@ -8,10 +8,13 @@ retries (429 with Retry-After, 5xx, timeouts, dropped connections) and what it d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
-import json
+import math
 import random
 import time
+from datetime import UTC
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +23,7 @@ from evalkit.records import Request, Response, Usage
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 120.0
+NO_KEY = "EMPTY"  # local servers need none, but the SDK requires one
 
 
 class MalformedResponse(Exception):
@@ -36,23 +40,34 @@ def public_url(url: str) -> str:
 
 
 def retry_after_seconds(headers: Any) -> float | None:
-    """Retry-After as seconds (delta or HTTP date), or retry-after-ms; None if absent."""
+    """Retry-After as seconds (delta or HTTP date), or retry-after-ms; None if absent or
+    unusable, so that a garbled header falls back to backoff instead of failing the request."""
     if headers is None:
         return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000.0
-        except ValueError:
-            pass
+    ms = _finite_float(headers.get("retry-after-ms"))
+    if ms is not None:
+        return max(0.0, ms / 1000.0)
     value = headers.get("retry-after")
     if not value:
         return None
+    seconds = _finite_float(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
-        return max(0.0, float(value))
-    except ValueError:
         when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 5322 "-0000": UTC with no stated source zone, not local time
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _finite_float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 class OpenAIBackend(Backend):
@@ -71,7 +86,7 @@ class OpenAIBackend(Backend):
     ) -> None:
         self.model = model
         self.base_url = base_url
-        self._api_key = api_key or "EMPTY"
+        self._api_key = api_key or NO_KEY
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
@@ -102,7 +117,11 @@ class OpenAIBackend(Backend):
             "model_id": self.model,
             "base_url": public_url(self.base_url),
             "served_models": sorted(self.models_seen),
-            "retries": {"max_attempts": self.max_attempts, "timeout_s": self.timeout_s},
+            "retries": {
+                "max_attempts": self.max_attempts,
+                "timeout_s": self.timeout_s,
+                "backoff_base_s": self.backoff_base_s,
+            },
             **self.extra,
         }
 
@@ -131,7 +150,7 @@ class OpenAIBackend(Backend):
             raise MalformedResponse("completion has no text content")
         usage = getattr(out, "usage", None)
         if getattr(out, "model", None):
-            self.models_seen.add(out.model)
+            self.models_seen.add(_served_name(out.model))
         return Response(
             text=text,
             finish_reason=choice.finish_reason,
@@ -151,24 +170,33 @@ class OpenAIBackend(Backend):
         for attempt in range(1, self.max_attempts + 1):
             wait: float | None = None
             try:
-                response = await self._call(request)
-                return Response(**{**response.__dict__, "attempts": attempt})
+                # The SDK's timeout bounds each read, not the reply: a server that trickles
+                # bytes would hold a request forever. This bounds the whole attempt.
+                response = await asyncio.wait_for(self._call(request), self.timeout_s)
+                return dataclasses.replace(response, attempts=attempt)
             except openai.APIStatusError as exc:
-                last_error = f"HTTP {exc.status_code}: {_short(exc.message)}"
+                last_error = f"HTTP {exc.status_code}: {self._short(exc.message)}"
                 if exc.status_code not in RETRYABLE_STATUS:
                     return Response(text="", error=last_error, attempts=attempt)
                 wait = retry_after_seconds(exc.response.headers)
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                last_error = f"{type(exc).__name__}: {_short(str(exc))}"
+            except (openai.APITimeoutError, TimeoutError):
+                last_error = f"timeout: no complete reply within {self.timeout_s:g} s"
+            except openai.APIConnectionError as exc:
+                cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ else ""
+                last_error = f"APIConnectionError{cause}: {self._short(str(exc))}"
             except (
                 MalformedResponse,
-                json.JSONDecodeError,
-                pydantic.ValidationError,
                 openai.APIResponseValidationError,
+                pydantic.ValidationError,
+                ValueError,  # JSONDecodeError, and UnicodeDecodeError for a binary body
                 AttributeError,
                 TypeError,
+                LookupError,
             ) as exc:
-                last_error = f"malformed response: {type(exc).__name__}: {_short(str(exc))}"
+                # A 2xx reply that is not a completion: the SDK does not retry these.
+                last_error = f"malformed response: {type(exc).__name__}: {self._short(str(exc))}"
+            except Exception as exc:  # generate must not raise (see Backend); still bounded
+                last_error = f"unexpected {type(exc).__name__}: {self._short(str(exc))}"
             if attempt == self.max_attempts:
                 break
             if wait is None:
@@ -180,6 +208,20 @@ class OpenAIBackend(Backend):
             error=f"gave up after {self.max_attempts} attempts: {last_error}",
             attempts=self.max_attempts,
         )
+
+    def _short(self, text: str) -> str:
+        """Error text fit for a record: one line, bounded, and without the key, which some
+        servers quote back (e.g. echoing request headers in an error body)."""
+        text = str(text)
+        if self._api_key != NO_KEY:
+            text = text.replace(self._api_key, "[api key]")
+        return _short(text)
+
+
+def _served_name(model: str) -> str:
+    """llama.cpp reports the weights' absolute path as the model: keep the file name only, so
+    run.json does not carry this machine's directory layout (home directories, user names)."""
+    return PurePosixPath(model).name if model.startswith("/") else model
 
 
 def _first_choice(out: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,14 @@ class ReplayBackend(Backend):
         self.path = Path(path).expanduser().resolve()
         self.responses = load_replay(self.path)
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    def validate(self, sample_ids: Sequence[str]) -> None:
+        if not set(self.responses) & set(sample_ids):
+            example = next(iter(self.responses))
+            raise EvalkitError(
+                f"replay file {self.path.name} answers none of the selected samples "
+                f"(its ids look like {example!r}, the suite's like {sample_ids[0]!r})"
+            )
 
     async def generate(self, request: Request) -> Response:
         answers = self.responses.get(request.sample_id, [])
