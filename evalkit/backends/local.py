@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,6 @@ def find_gguf() -> Path:
     raise EvalkitError(f"no .gguf file in the {GGUF_DISTRIBUTION} distribution")
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -55,11 +48,10 @@ class LocalBackend(OpenAIBackend):
             raise EvalkitError(f"the local backend needs xllamacpp: {INSTALL_HINT}") from None
         self.parallel = max(1, parallel)
         self.n_ctx_per_slot = n_ctx_per_slot
-        self.port = free_loopback_port()
         self._server: Any = None
         super().__init__(
             model=LOCAL_MODEL_NAME,
-            base_url=f"http://127.0.0.1:{self.port}/v1",
+            base_url="http://127.0.0.1:0/v1",  # the real port is known once the server is up
             api_key=None,
             timeout_s=timeout_s,
             backend_name="local",
@@ -70,7 +62,7 @@ class LocalBackend(OpenAIBackend):
 
         params = xllamacpp.CommonParams()
         params.model.path = str(self.gguf)
-        params.port = self.port
+        params.port = 0  # the kernel picks a free port: no window for another process to take it
         params.n_parallel = self.parallel
         params.n_ctx = self.n_ctx_per_slot * self.parallel
         params.cpuparams.n_threads = os.cpu_count() or 1
@@ -82,6 +74,7 @@ class LocalBackend(OpenAIBackend):
         address = str(self._server.listening_address)
         if not address.startswith("http://127.0.0.1:"):
             raise EvalkitError(f"llama.cpp server did not bind loopback: {address}")
+        self.base_url = f"{address}/v1"
         self.extra = {
             "revision": f"sha256:{_sha256(self.gguf)}",
             "weights": self.gguf.name,
