@@ -337,7 +337,7 @@ def test_no_leftover_processes_or_directories():
     )
     results = run_programs([detach, detach + "\nwhile True: pass", OK], FAST)
     assert [r.status for r in results] == ["passed", "timeout", "passed"]
-    assert _children_of(os.getpid()) == []
+    assert _zygotes() == []
     assert _our_sandbox_processes(b"61.2345") == []
     assert _sandbox_dirs() == before
 
@@ -401,7 +401,7 @@ def test_dead_zygote_reruns_innocents_and_blames_the_culprit():
     assert len(kills) == 2  # once with all three in flight, once with the culprit alone
     assert results[0].passed and results[2].passed, results
     assert (results[1].status, results[1].detail) == ("crashed", "killed the sandbox worker")
-    assert _children_of(os.getpid()) == []
+    assert _zygotes() == []
     assert _wait_until(lambda: not _our_sandbox_processes())
     assert run_program(OK, FAST).passed
 
