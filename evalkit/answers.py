@@ -260,8 +260,9 @@ _FINAL_IS = re.compile(
 _NEXT_PROBLEM = re.compile(r"\n\s*Problem:")
 
 
-def _strip_math_delimiters(answer: str) -> str:
-    """``$x$``, ``\\(x\\)``, ``\\[x\\]`` and a trailing full stop are presentation, not answer."""
+def strip_math_delimiters(answer: str) -> str:
+    """``$x$``, ``\\(x\\)``, ``\\[x\\]`` and trailing sentence punctuation are presentation,
+    not answer (a trailing "." made math-verify read MATH idx 2269 "\\frac{1}{5} i." as 1/5)."""
     answer = answer.strip()
     changed = True
     while changed and answer:
@@ -270,9 +271,9 @@ def _strip_math_delimiters(answer: str) -> str:
             if answer.startswith(left) and answer.endswith(right) and len(answer) >= 2 * len(left):
                 answer = answer[len(left) : len(answer) - len(right)].strip()
                 changed = True
-        if answer.endswith("."):
-            answer = answer[:-1].rstrip()
-            changed = True
+        stripped = re.sub(r"(?:[.,;]|\\[,;:!]|\\quad|\s)+$", "", answer)
+        if stripped != answer:
+            answer, changed = stripped, True
     return answer
 
 
@@ -290,7 +291,7 @@ def _final_answer_phrase(text: str, first: bool) -> str | None:
         span = re.match(r"\$[^$]+\$|\\\(.+?\\\)|\\\[.+?\\\]", raw)
         raw = span.group(0) if span else re.split(r"\.(?:\s|$)", raw, maxsplit=1)[0]
     boxed = last_boxed(raw)
-    answer = _strip_math_delimiters(boxed if boxed is not None else raw)
+    answer = strip_math_delimiters(boxed if boxed is not None else raw)
     return answer or None
 
 

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from evalkit.answers import strip_math_delimiters
+
 __all__ = ["close_pool", "math_equal", "math_equal_many"]
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -46,7 +48,6 @@ _READY_TIMEOUT_S = 120.0
 # Normalisation (pure string work; runs in the workers)
 # --------------------------------------------------------------------------------------------
 
-_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 # math-verify's unit removal only knows "\text{", so "\text { square inches}" (MATH idx 1991)
 # became a symbol "squareinches" multiplying the gold itself.
 _TEXT_CMD = re.compile(r"\\(?:text|textrm|textnormal|mbox)\s*\{")
@@ -61,19 +62,7 @@ _AMBIGUOUS_COMMAS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d.,])")
 
 def _prepare(answer: str) -> str:
     """Presentation-only cleanup applied to both sides before math-verify sees them."""
-    answer = answer.strip()
-    changed = True
-    while changed and answer:
-        changed = False
-        for left, right in _DELIMITERS:
-            if answer.startswith(left) and answer.endswith(right) and len(answer) >= 2 * len(left):
-                answer = answer[len(left) : len(answer) - len(right)].strip()
-                changed = True
-        # A trailing full stop is sentence punctuation (MATH idx 2269 "\frac{1}{5} i." made
-        # math-verify parse only "1/5"); "5." as a number means 5 anyway.
-        stripped = re.sub(r"(?:[.,;]|\\[,;:!]|\\quad|\s)+$", "", answer)
-        if stripped != answer:
-            answer, changed = stripped, True
+    answer = strip_math_delimiters(answer)
     answer = _TEXT_CMD.sub(r"\\text{", answer)
     answer = answer.replace("\u00b0", "^\\circ").replace("\u2212", "-")
     return _LATEX_THOUSANDS.sub("", answer)
@@ -360,6 +349,7 @@ class _Pool:
         soft_s = max(timeout_s * _SOFT_SHARE, 0.001)
         next_item = 0
         busy: dict[_Worker, tuple[int, float]] = {}  # worker -> (item, deadline)
+        start_failures = 0
 
         def replace(worker: _Worker) -> None:
             # A fresh worker starts unready; the loop dispatches to it once it says so, so its
@@ -392,7 +382,15 @@ class _Pool:
                         lines = worker.read_lines()
                     except EOFError:  # crashed (e.g. memory limit): the item is not proven
                         if not worker.ready:
-                            raise RuntimeError("math-verify worker failed to start") from None
+                            # Killed before it was ready (it may have been idle and unready
+                            # since an earlier call): replace it, but not without end.
+                            start_failures += 1
+                            if start_failures > 2 * len(workers):
+                                raise RuntimeError(
+                                    "math-verify workers keep dying at start"
+                                ) from None
+                            replace(worker)
+                            continue
                         results[busy[worker][0]] = False
                         replace(worker)
                         continue
