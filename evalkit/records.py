@@ -41,9 +41,12 @@ class Request:
     sample_id: str
     sample_index: int
     params: GenerationParams
-    messages: list[dict[str, str]] | None = None
+    # OpenAI chat format; assistant turns may carry "tool_calls", tool turns "tool_call_id".
+    messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     stop: tuple[str, ...] = ()
+    # OpenAI-style tool schemas ({"type": "function", "function": {name, description, parameters}}).
+    tools: list[dict[str, Any]] | None = None
 
     @property
     def kind(self) -> str:
@@ -62,6 +65,18 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model made. A malformed one is kept, with `error` set, never dropped:
+    `arguments` is then None and `raw` holds what the model wrote."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] | None
+    raw: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Response:
     """A backend's answer. `error` is set, and `text` empty, when no answer could be had."""
 
@@ -72,6 +87,7 @@ class Response:
     attempts: int = 1
     model: str | None = None
     error: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
