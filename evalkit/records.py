@@ -88,6 +88,11 @@ class Response:
     model: str | None = None
     error: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    # Where `tool_calls` came from: "native" (the server's `message.tool_calls`),
+    # "parsed:<family>" (markup in the text, see evalkit.tool_parsers), or None (no calls).
+    tool_call_source: str | None = None
+    # Answered from the response cache (evalkit.cache): no request was made, `attempts` is 0.
+    cached: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ arrival time, so tests can check the client's bounds against what the server act
 
 Real sockets, stdlib only: `ThreadingHTTPServer` in a daemon thread, HTTP/1.1 keep-alive. The
 server stops on context exit and, whatever happens, after `max_lifetime_s`.
+
+Tool calling: a chat request carrying `tools` is answered with `tool_replies[n]` (an assistant
+message: `tool_calls` and/or `content`), n being the number of assistant turns in its
+conversation, so retries get the same reply and a multi-turn conversation walks the script; past
+its end the usual text answer comes. Such a request is refused (400) unless every `tool` turn
+answers a call id of an earlier assistant turn. Every request body is kept in `bodies`.
 """
 
 from __future__ import annotations
@@ -84,6 +90,17 @@ def question_of(text: str) -> str:
     return text[3:] if text.startswith("Q: ") else text
 
 
+def tool_turn_problem(messages: list[dict[str, Any]]) -> str | None:
+    """Why a conversation's tool turns are invalid (as OpenAI checks them), or None."""
+    called: set[str] = set()
+    for m in messages:
+        if m.get("role") == "assistant":
+            called |= {c["id"] for c in m.get("tool_calls") or ()}
+        elif m.get("role") == "tool" and m.get("tool_call_id") not in called:
+            return f"tool message answers unknown tool_call_id {m.get('tool_call_id')!r}"
+    return None
+
+
 class FaultServer:
     """Context manager: `with FaultServer(data_file, fault_rate=0.3) as srv: srv.url ...`."""
 
@@ -103,6 +120,7 @@ class FaultServer:
         max_lifetime_s: float = 300.0,
         ok_delay_s: float = 0.0,
         wrong_rate: float = 0.0,
+        tool_replies: Sequence[dict[str, Any]] = (),
     ) -> None:
         unknown = set(faults) - set(ALL_FAULTS) | set(script or ()) - {*ALL_FAULTS, OK}
         if unknown:
@@ -124,7 +142,9 @@ class FaultServer:
         self.ok_delay_s = ok_delay_s
         # The fraction of questions answered wrongly (fixed per question), for non-trivial scores.
         self.wrong_rate = wrong_rate
+        self.tool_replies = tuple(tool_replies)
 
+        self.bodies: list[dict[str, Any]] = []
         self.hits: list[Hit] = []
         self.requests_by_key: Counter[str] = Counter()
         self.faults_seen: Counter[str] = Counter()
@@ -246,8 +266,14 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._json(400, {"error": {"message": "bad json", "type": "invalid_request_error"}})
             return
+        with srv._lock:
+            srv.bodies.append(body)
         chat = self.path.endswith("/chat/completions")
+        if chat and body.get("tools") and (problem := tool_turn_problem(body["messages"])):
+            self._json(400, {"error": {"message": problem, "type": "invalid_request_error"}})
+            return
         text = body["messages"][-1]["content"] if chat else body.get("prompt", "")
+        text = text if isinstance(text, str) else ""
         question = question_of(text)
         key = question if question in srv.gold else "?"
         auth = self.headers.get("authorization", "")
@@ -269,8 +295,13 @@ class _Handler(BaseHTTPRequestHandler):
         }
         common = {"id": "cmpl-fault", "created": int(time.time()), "model": MODEL_NAME}
         if chat:
-            message = {"role": "assistant", "content": text}
-            choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            turn = sum(m.get("role") == "assistant" for m in body["messages"])
+            replies = self.fault_server.tool_replies
+            if body.get("tools") and turn < len(replies):
+                message = {"role": "assistant", "content": None, **replies[turn]}
+            finish = "tool_calls" if message.get("tool_calls") else "stop"
+            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
             return {**common, "object": "chat.completion", "choices": [choice], "usage": usage}
         choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
         return {**common, "object": "text_completion", "choices": [choice], "usage": usage}

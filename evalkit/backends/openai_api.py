@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import json
 import math
 import random
 import time
@@ -19,7 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from evalkit.backends.base import Backend
-from evalkit.records import Request, Response, Usage
+from evalkit.records import Request, Response, ToolCall, Usage
+from evalkit.tool_parsers import detect_family, parse_tool_calls
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 120.0
@@ -99,11 +101,15 @@ class OpenAIBackend(Backend):
     async def start(self) -> None:
         import openai
 
+        # The SDK's aiohttp transport (the `openai[aiohttp]` extra): measured in
+        # bench/api_throughput.py, its default httpx pool costs more CPU per request than the
+        # requests themselves at concurrency 64 on 2 cores.
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=self._api_key,
             max_retries=0,
             timeout=self.timeout_s,
+            http_client=openai.DefaultAioHttpClient(),
         )
 
     async def close(self) -> None:
@@ -117,6 +123,7 @@ class OpenAIBackend(Backend):
             "model_id": self.model,
             "base_url": public_url(self.base_url),
             "served_models": sorted(self.models_seen),
+            "transport": "openai SDK over aiohttp",
             "retries": {
                 "max_attempts": self.max_attempts,
                 "timeout_s": self.timeout_s,
@@ -138,10 +145,27 @@ class OpenAIBackend(Backend):
         if request.stop:
             common["stop"] = list(request.stop)
         start = time.perf_counter()
+        tool_calls: tuple[ToolCall, ...] = ()
+        source: str | None = None
         if request.kind == "chat":
+            if request.tools:
+                common["tools"] = request.tools
+                common["tool_choice"] = "auto"
+            # Assistant turns with "tool_calls" and "tool" turns go out exactly as given.
             out = await self._client.chat.completions.create(messages=request.messages, **common)
             choice = _first_choice(out)
-            text = choice.message.content if choice.message is not None else None
+            message = choice.message
+            if message is None:
+                raise MalformedResponse("choice has no message")
+            text = message.content
+            native = getattr(message, "tool_calls", None)
+            if native:
+                tool_calls, source = _native_tool_calls(native), "native"
+                text = text or ""  # no content beside tool calls is a complete answer
+            elif request.tools and text and (family := detect_family(text)) is not None:
+                # Some servers return the model's raw text without parsing its tool markup.
+                text, tool_calls = parse_tool_calls(text, family)
+                source = f"parsed:{family}"
         else:
             out = await self._client.completions.create(prompt=request.prompt, **common)
             choice = _first_choice(out)
@@ -160,6 +184,8 @@ class OpenAIBackend(Backend):
             ),
             latency_s=time.perf_counter() - start,
             model=getattr(out, "model", None),
+            tool_calls=tool_calls,
+            tool_call_source=source,
         )
 
     async def generate(self, request: Request) -> Response:
@@ -179,8 +205,13 @@ class OpenAIBackend(Backend):
                 if exc.status_code not in RETRYABLE_STATUS:
                     return Response(text="", error=last_error, attempts=attempt)
                 wait = retry_after_seconds(exc.response.headers)
-            except (openai.APITimeoutError, TimeoutError):
-                last_error = f"timeout: no complete reply within {self.timeout_s:g} s"
+            except (openai.APITimeoutError, TimeoutError) as exc:
+                refused = _connection_failure(exc)
+                last_error = (
+                    f"APIConnectionError ({type(refused).__name__}): {self._short(str(refused))}"
+                    if refused is not None
+                    else f"timeout: no complete reply within {self.timeout_s:g} s"
+                )
             except openai.APIConnectionError as exc:
                 cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ else ""
                 last_error = f"APIConnectionError{cause}: {self._short(str(exc))}"
@@ -222,6 +253,58 @@ def _served_name(model: str) -> str:
     """llama.cpp reports the weights' absolute path as the model: keep the file name only, so
     run.json does not carry this machine's directory layout (home directories, user names)."""
     return PurePosixPath(model).name if model.startswith("/") else model
+
+
+def _native_tool_calls(items: Any) -> tuple[ToolCall, ...]:
+    """The API's `message.tool_calls` as ToolCalls, arguments decoded. What the model wrote
+    badly (arguments that are not a JSON object, no name) is its answer, not a transport fault:
+    it is reported on the call, and not retried."""
+    calls = []
+    for index, item in enumerate(items):
+        call_id = _field(item, "id") or f"call_{index}"
+        function = _field(item, "function")
+        name = _field(function, "name") if function is not None else None
+        raw = _field(function, "arguments") if function is not None else None
+        raw = raw if isinstance(raw, str) else json.dumps(raw)
+        name = name if isinstance(name, str) else ""
+        error = None
+        arguments: Any = None
+        if function is None:
+            error = f"not a function tool call (type {_field(item, 'type')!r})"
+        elif not name:
+            error = "tool call has no function name"
+        else:
+            try:
+                arguments = json.loads(raw)
+            except ValueError as exc:
+                error = f"arguments are not valid JSON: {exc}"
+            else:
+                if not isinstance(arguments, dict):
+                    error = f"arguments are not a JSON object but {type(arguments).__name__}"
+        if error is not None:
+            arguments = None
+        calls.append(ToolCall(str(call_id), name, arguments, raw=raw, error=error))
+    return tuple(calls)
+
+
+def _field(obj: Any, key: str) -> Any:
+    """A field of an SDK model or, where the SDK left it undecoded, of a plain dict."""
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """The refused/reset connection behind an exception, if any: the SDK's aiohttp transport
+    reports a refused connection as a connect *timeout*, which would misname the cause."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError):
+            return current
+        if isinstance(getattr(current, "os_error", None), ConnectionError):
+            return current.os_error  # type: ignore[attr-defined, no-any-return]
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _first_choice(out: Any) -> Any:
