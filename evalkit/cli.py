@@ -51,14 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="evaluate a model on a suite (resumes an unfinished run)")
     run.add_argument("--suite", required=True, help="suite name (see `evalkit list suites`)")
     run.add_argument(
-        "--model", required=True, help="local | openai:<model> | replay:<file> | preset"
+        "--model",
+        required=True,
+        help="local | openai:<model> | vllm:<repo> | replay:<file> | <preset>[@<route>]",
+    )
+    run.add_argument(
+        "--protocol", help="published settings to default to (see `evalkit list protocols`)"
     )
     run.add_argument("--mode", help="prompt mode, e.g. chat or base (default: the suite's)")
     run.add_argument("--limit", type=_positive_int, help="only the first N items")
-    run.add_argument("--samples", type=_positive_int, default=1, help="samples per item (pass@k)")
-    run.add_argument("--temperature", type=_non_negative_float, default=0.0)
+    # None = not given: the protocol's value, else evalkit's default (see evalkit.protocols).
+    run.add_argument("--samples", type=_positive_int, help="samples per item (default 1)")
+    run.add_argument("--temperature", type=_non_negative_float, help="default 0")
     run.add_argument("--top-p", type=_non_negative_float)
-    run.add_argument("--max-tokens", type=_positive_int, default=2048)
+    run.add_argument("--max-tokens", type=_positive_int, help="default 2048")
+    run.add_argument("--system-prompt", help="system message for chat requests ('' for none)")
     run.add_argument("--seed", type=int, default=1234)
     run.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight")
     run.add_argument("--shard", help="i/n: run only the i-th of n deterministic shards")
@@ -82,9 +89,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="run even if the data fingerprint differs from the pinned one (recorded)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="bypass the response cache ($EVALKIT_CACHE_DIR or ~/.cache/evalkit)",
+    )
 
-    lst = sub.add_parser("list", help="list suites or model presets")
-    lst.add_argument("what", choices=("suites", "models"))
+    vllm = run.add_argument_group("vLLM engine (vllm:<repo> and <preset>@vllm)")
+    vllm.add_argument("--tensor-parallel-size", type=_positive_int)
+    vllm.add_argument("--pipeline-parallel-size", type=_positive_int)
+    vllm.add_argument("--enable-expert-parallel", action="store_true", default=None)
+    vllm.add_argument("--max-model-len", type=_positive_int)
+    vllm.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="run the repo's own code (vllm and hf; default: the preset's setting)",
+    )
+
+    hf = run.add_argument_group("transformers engine (hf:<repo|folder|.gguf> and <preset>@hf)")
+    hf.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
+    hf.add_argument(
+        "--device-map", default="auto", help="auto (replicas when it fits) | cpu | cuda:N"
+    )
+    hf.add_argument("--max-memory", help="per-device cap, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+    hf.add_argument("--offload-folder", help="disk offload for what fits nowhere in --max-memory")
+    hf.add_argument("--revision", help="hub branch, tag or commit (default: the preset's pin)")
+    hf.add_argument("--batch-size", type=_positive_int, default=8, help="per model replica")
+
+    lst = sub.add_parser("list", help="list suites, model presets or protocols")
+    lst.add_argument("what", choices=("suites", "models", "protocols"))
+
+    serve = sub.add_parser("serve", help="print (and run) the vLLM server command for a preset")
+    serve.add_argument("preset", help="a preset with weights, e.g. kimi-k2-instruct")
+    serve.add_argument("--dry-run", action="store_true", help="print the commands only")
+    serve.add_argument("--nodes", type=_positive_int, help="default: the preset's layout")
+    serve.add_argument("--gpus-per-node", type=_positive_int, help="default: the preset's")
+    serve.add_argument("--port", type=_positive_int, default=8000)
+    serve.add_argument("--head-address", help="head node address (default: this host's name)")
 
     res = sub.add_parser("results", help="table of stored runs")
     res.add_argument("--results-dir")
@@ -93,25 +135,44 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="merge finished shard runs into one run")
     merge.add_argument("run_ids", nargs="+", help="the shard runs, all shards of one config")
     merge.add_argument("--results-dir")
+
+    plan = sub.add_parser("plan", help="capacity plan: weights, device map, KV cache, layouts")
+    plan.add_argument("--model", required=True, help="kimi-k2-instruct | kimi-k2-base | ...")
+    plan.add_argument("--gpus", type=_positive_int, required=True, help="GPUs in all")
+    plan.add_argument("--gpu-mem", default="80GiB", help="memory per GPU, e.g. 80GiB, 141GiB")
+    plan.add_argument("--nodes", type=_positive_int, help="nodes (default: 8 GPUs per node)")
+    plan.add_argument("--context", type=_positive_int, help="tokens per sequence (default: max)")
+    plan.add_argument("--reserve", help="per-GPU memory kept for activations (default: 10%%)")
+    plan.add_argument("--analytic", action="store_true", help="no meta-device build (no torch)")
+    plan.add_argument("--json", action="store_true", help="machine-readable plan")
     return parser
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from evalkit import protocols
     from evalkit.models import ModelOptions
     from evalkit.records import GenerationParams
     from evalkit.runner import RunConfig, execute, parse_shard
 
+    settings = protocols.resolve(
+        args.protocol,
+        args.suite,
+        {k: getattr(args, k) for k in protocols.SETTINGS},
+    )
     config = RunConfig(
         suite=args.suite,
         model=args.model,
-        mode=args.mode,
+        mode=settings.mode,
         params=GenerationParams(
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_tokens=args.max_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_tokens,
             seed=args.seed,
         ),
-        samples=args.samples,
+        samples=settings.samples,
+        protocol=settings.protocol,
+        protocol_overrides=settings.overrides,
+        system_prompt=settings.system_prompt,
         limit=args.limit,
         shard=parse_shard(args.shard) if args.shard else None,
         data_dir=args.data_dir,
@@ -123,8 +184,20 @@ def cmd_run(args: argparse.Namespace) -> None:
             timeout_s=args.request_timeout,
             max_attempts=args.max_attempts,
             concurrency=args.concurrency,
+            tensor_parallel_size=args.tensor_parallel_size,
+            pipeline_parallel_size=args.pipeline_parallel_size,
+            enable_expert_parallel=args.enable_expert_parallel,
+            max_model_len=args.max_model_len,
+            trust_remote_code=args.trust_remote_code,
+            dtype=args.dtype,
+            device_map=args.device_map,
+            max_memory=args.max_memory,
+            offload_folder=args.offload_folder,
+            revision=args.revision,
+            batch_size=args.batch_size,
         ),
         progress=not args.no_progress,
+        cache=not args.no_cache,
     )
     run = execute(config)
     print_run(run.summary(), run.path)
@@ -151,12 +224,26 @@ def cmd_list(args: argparse.Namespace) -> None:
         for name, suite in all_suites().items():
             print(f"{name:10s} modes={','.join(suite.modes):18s} {suite.description}")
             print(f"{'':10s} ids: {suite.id_doc}")
+    elif args.what == "protocols":
+        from evalkit.protocols import PROTOCOLS
+
+        for proto in PROTOCOLS.values():
+            print(f"{proto.name:14s} {proto.description}")
+            for suite_name, d in proto.defaults_table().items():
+                print(f"{'':14s}   {suite_name:10s} {d}")
     else:
         from evalkit.models import PRESETS
 
         for p in PRESETS.values():
-            print(f"{p.name:10s} {p.backend}:{p.model:24s} {p.description}")
+            print(f"{p.name:16s} {p.description}")
+            for key, r in p.routes.items():
+                mark = "*" if key == p.default_route else " "
+                print(f"{'':16s} {mark} @{key:9s} {r.backend}:{r.model}")
+            if p.hf_repo:
+                print(f"{'':16s}   weights {p.hf_repo} revision {p.revision or 'unpinned'}")
+        print("(* default route; pick another with <preset>@<route>)")
         print(f"{'openai:<model>':10s} any OpenAI-compatible endpoint (--base-url)")
+        print(f"{'vllm:<repo>':10s} weights on vLLM's offline engine (pip install 'evalkit[vllm]')")
         print(f"{'replay:<file>':10s} recorded responses, one {{id, response}} JSON line each")
 
 
@@ -175,7 +262,46 @@ def cmd_merge(args: argparse.Namespace) -> None:
     print_run(run.summary(), run.path)
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "results": cmd_results, "merge": cmd_merge}
+def cmd_serve(args: argparse.Namespace) -> None:
+    from evalkit import serve
+
+    plan = serve.serve_plan(
+        args.preset,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        port=args.port,
+        head_address=args.head_address,
+    )
+    print(serve.format_plan(plan))
+    if not args.dry_run:
+        serve.launch(plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    import json
+
+    from evalkit import planner
+
+    result = planner.make_plan(
+        args.model,
+        args.gpus,
+        gpu_mem=args.gpu_mem,
+        nodes=args.nodes,
+        context=args.context,
+        reserve=args.reserve,
+        use_meta=not args.analytic,
+    )
+    print(json.dumps(result, indent=2) if args.json else planner.format_plan(result))
+
+
+COMMANDS = {
+    "plan": cmd_plan,
+    "run": cmd_run,
+    "list": cmd_list,
+    "results": cmd_results,
+    "merge": cmd_merge,
+    "serve": cmd_serve,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

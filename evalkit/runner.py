@@ -8,17 +8,19 @@ before the run directory is created: bad input never leaves anything under `resu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from evalkit import data, provenance
+from evalkit import cache, data, protocols, provenance
 from evalkit.backends.base import Backend
 from evalkit.errors import EvalkitError
 from evalkit.models import ModelOptions, build_backend, parse_spec
@@ -52,6 +54,15 @@ class RunConfig:
     allow_data_mismatch: bool = False
     model_options: ModelOptions = field(default_factory=ModelOptions)
     progress: bool = True
+    # Protocol (evalkit.protocols) the settings came from, and the flags that overrode it
+    # (setting -> {"protocol", "used"}); both enter the config identity.
+    protocol: str | None = None
+    protocol_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Sent as a system message first in every chat request, so suites need not know of it.
+    system_prompt: str | None = None
+    # Response cache (evalkit.cache): on unless --no-cache; None means $EVALKIT_CACHE_DIR.
+    cache: bool = True
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -102,6 +113,8 @@ def plan(config: RunConfig) -> Plan:
     if config.samples < 1:
         raise EvalkitError(f"bad --samples {config.samples}: must be a positive integer")
     parse_spec(config.model)  # fail on an unknown model before loading any data
+    if config.protocol is not None:
+        protocols.get_protocol(config.protocol)
 
     location = data.DataLocation.resolve(config.data_dir)
     records = suite.load_records(location)
@@ -120,6 +133,7 @@ def plan(config: RunConfig) -> Plan:
     samples = select_shard(samples, config.shard)
 
     backend = build_backend(config.model, config.model_options)
+    backend = cache.wrap(backend, config.cache, config.cache_dir)
     backend.validate([s.id for s in samples])
     dataset = {
         **location.describe(suite.data_relpath, suite.hub),
@@ -139,6 +153,20 @@ def plan(config: RunConfig) -> Plan:
         "dataset_fingerprint": fp,
         "prompt_template_hash": suite.template_hash(mode),
     }
+    # Only when set, so that runs without them keep their config hash (and stay resumable).
+    if config.protocol is not None:
+        identity["protocol"] = {"name": config.protocol, "overrides": config.protocol_overrides}
+    if config.system_prompt:
+        identity["system_prompt"] = config.system_prompt
+    # Engine settings that change the numbers (not the layout, which should not).
+    opts = config.model_options
+    engine = {
+        k: v
+        for k, v in (("dtype", opts.dtype), ("revision", opts.revision))
+        if v not in (None, "auto")
+    }
+    if engine:
+        identity["engine"] = engine
     return Plan(
         suite=suite,
         mode=mode,
@@ -174,6 +202,9 @@ def execute(config: RunConfig) -> Run:
         else:
             _log(f"run {run.run_id}: {len(todo)} samples")
         started = time.time()
+        # Work for the end of the run (numpy for the statistics, git for provenance) is done
+        # while requests are in flight, when this process is mostly waiting.
+        threading.Thread(target=_prefetch, name="evalkit-prefetch", daemon=True).start()
         try:
             asyncio.run(_generate_and_score(p, config, todo, writer))
         except EvalkitError:
@@ -206,7 +237,9 @@ async def _generate_and_score(
     )
 
     async def one(sample: Sample, index: int) -> None:
-        request = p.suite.build_request(sample, p.mode, config.params, index)
+        request = with_system_prompt(
+            p.suite.build_request(sample, p.mode, config.params, index), config.system_prompt
+        )
         async with sem:
             response = await p.backend.generate(request)
         if response.error and response.error.startswith(FATAL_ERRORS):
@@ -226,15 +259,9 @@ async def _generate_and_score(
                     await queue.put(None)
                     break
                 batch.append(nxt)
-            scores = await asyncio.to_thread(
-                p.suite.score_batch, [(s, r) for s, _, _, r in batch], p.mode
-            )
-            writer.append(
-                [
-                    _record(s, i, req, resp, sc)
-                    for (s, i, req, resp), sc in zip(batch, scores, strict=True)
-                ]
-            )
+            # Scoring and the fsynced append both run off the event loop: a blocking fsync
+            # (milliseconds) on the loop would stall every request in flight.
+            await asyncio.to_thread(_score_and_append, p, batch, writer)
             bar.update(len(batch))
 
     try:
@@ -256,6 +283,31 @@ async def _generate_and_score(
         await p.backend.close()
 
 
+def with_system_prompt(request: Request, system_prompt: str | None) -> Request:
+    """The request with `system_prompt` as its first message (chat requests only: a raw
+    completion prompt has no roles)."""
+    if not system_prompt or request.messages is None:
+        return request
+    return dataclasses.replace(
+        request, messages=[{"role": "system", "content": system_prompt}, *request.messages]
+    )
+
+
+def _score_and_append(
+    p: Plan, batch: list[tuple[Sample, int, Request, Response]], writer: RunWriter
+) -> None:
+    scores = p.suite.score_batch([(s, r) for s, _, _, r in batch], p.mode)
+    writer.append(
+        [_record(s, i, req, resp, sc) for (s, i, req, resp), sc in zip(batch, scores, strict=True)]
+    )
+
+
+def _prefetch() -> None:
+    import numpy  # noqa: F401
+
+    provenance.git_state()  # cached
+
+
 def _record(
     sample: Sample, index: int, request: Request, response: Response, score: Any
 ) -> SampleRecord:
@@ -274,7 +326,7 @@ def _record(
         attempts=response.attempts,
         error=response.error,
         metadata=sample.metadata,
-        details=score.details,
+        details={**score.details, "cached": True} if response.cached else score.details,
     )
 
 
@@ -336,12 +388,15 @@ def _summary(
             "resumed": resumed,
             "sum_request_latency_s": round(sum(r.latency_s for r in records), 3),
         },
+        "cache": cache.stats_of(p.backend, config.cache),  # this session's requests
         "provenance": {
             **provenance.collect(),
             "dataset": p.dataset,
             "prompt_template_hash": p.identity["prompt_template_hash"],
             "generation": p.identity["generation"],
             "model": p.backend.describe(),
+            "protocol": protocols.describe_run(config.protocol, config.protocol_overrides),
+            "system_prompt": config.system_prompt or None,
             "suite": p.suite.provenance(),
         },
     }

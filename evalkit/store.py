@@ -43,7 +43,10 @@ def results_root(path: str | os.PathLike[str] | None) -> Path:
 
 def new_run_id(suite: str, model: str, now: datetime | None = None) -> str:
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", model).strip("-")[:48] or "model"
+    kind, sep, target = model.rpartition(":")
+    # A path or repo id is named by its last part: ids stay short and hold no home directories.
+    name = f"{kind}{sep}{target.rstrip('/').rsplit('/', 1)[-1]}"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")[:48] or "model"
     return f"{stamp}-{suite}-{slug}-{secrets.token_hex(3)}"
 
 

@@ -25,3 +25,12 @@ def data_dir() -> Path:
 @pytest.fixture()
 def results_dir(tmp_path: Path) -> Path:
     return tmp_path / "results"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh response cache per test (subprocesses inherit it): the cache is on by default,
+    and a test that counts server requests must not be answered from an earlier test's run."""
+    path = tmp_path / "evalkit-cache"
+    monkeypatch.setenv("EVALKIT_CACHE_DIR", str(path))
+    return path

@@ -41,6 +41,8 @@ def load_replay(path: Path) -> dict[str, list[str]]:
 
 
 class ReplayBackend(Backend):
+    cacheable = False  # its answers are already recorded: the response cache is bypassed
+
     def __init__(self, path: str) -> None:
         self.path = Path(path).expanduser().resolve()
         self.responses = load_replay(self.path)
