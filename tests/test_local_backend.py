@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from evalkit.backends.local import LocalBackend, find_gguf
+from evalkit.backends.local import LocalBackend, find_gguf, start_llama_server
 from evalkit.records import GenerationParams, Request
 
 PROVENANCE_KEYS = {
@@ -141,20 +141,8 @@ def test_local_backend_chat_and_completion():
 @pytest.fixture(scope="module")
 def llama_server() -> Iterator[str]:
     """A real llama.cpp server (xllamacpp) on loopback, as any OpenAI-compatible endpoint."""
-    import xllamacpp
-
-    params = xllamacpp.CommonParams()
-    params.model.path = str(find_gguf())
-    params.port = 0
-    params.n_parallel = 4
-    params.n_ctx = 4 * 2048
-    params.cpuparams.n_threads = os.cpu_count() or 1
-    params.cpuparams_batch.n_threads = os.cpu_count() or 1
-    params.verbosity = -1
-    server = xllamacpp.Server(params)
-    address = str(server.listening_address)
-    assert address.startswith("http://127.0.0.1:")
-    port = int(urlsplit(address).port or 0)
+    server, url = start_llama_server(find_gguf(), parallel=4, n_ctx_per_slot=2048)
+    port = int(urlsplit(url).port or 0)
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:

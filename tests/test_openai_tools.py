@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from fault_server import MODEL_NAME, FaultServer
 
-from evalkit.backends.local import find_gguf
+from evalkit.backends.local import find_gguf, start_llama_server
 from evalkit.backends.openai_api import OpenAIBackend
 from evalkit.records import GenerationParams, Request, Response, ToolCall
 
@@ -243,22 +241,9 @@ def test_multi_turn_conversation_with_tool_results():
 
 @pytest.fixture(scope="module")
 def jinja_llama_server() -> Iterator[str]:
-    import xllamacpp
-
-    params = xllamacpp.CommonParams()
-    params.model.path = str(find_gguf())
-    params.port = 0
-    params.n_parallel = 1
-    params.n_ctx = 4096
-    params.use_jinja = True  # tools are rendered by the model's Jinja chat template
-    params.cpuparams.n_threads = os.cpu_count() or 1
-    params.cpuparams_batch.n_threads = os.cpu_count() or 1
-    params.verbosity = -1
-    server = xllamacpp.Server(params)
-    address = str(server.listening_address)
-    assert address.startswith("http://127.0.0.1:")
+    server, url = start_llama_server(find_gguf(), parallel=1, n_ctx_per_slot=4096, jinja=True)
     try:
-        yield f"http://127.0.0.1:{urlsplit(address).port}/v1"
+        yield url
     finally:
         del server
 

@@ -39,6 +39,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def start_llama_server(
+    gguf: Path, *, parallel: int, n_ctx_per_slot: int, jinja: bool = False
+) -> tuple[Any, str]:
+    """An in-process llama.cpp server on a kernel-chosen loopback port (no window for another
+    process to take it); it stops when the returned object is released. Returns it and its
+    OpenAI base URL."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(gguf)
+    params.port = 0
+    params.n_parallel = parallel
+    params.n_ctx = n_ctx_per_slot * parallel
+    params.use_jinja = jinja  # the model's own Jinja chat template (renders tools)
+    params.cpuparams.n_threads = os.cpu_count() or 1
+    params.cpuparams_batch.n_threads = os.cpu_count() or 1
+    params.verbosity = -1
+    params.endpoint_metrics = False
+    params.endpoint_slots = False
+    server = xllamacpp.Server(params)
+    address = str(server.listening_address)
+    if not address.startswith("http://127.0.0.1:"):
+        raise EvalkitError(f"llama.cpp server did not bind loopback: {address}")
+    return server, f"{address}/v1"
+
+
 class LocalBackend(OpenAIBackend):
     def __init__(self, *, parallel: int = 2, n_ctx_per_slot: int = 4096, timeout_s: float = 600):
         self.gguf = find_gguf()
@@ -58,23 +84,9 @@ class LocalBackend(OpenAIBackend):
         )
 
     async def start(self) -> None:
-        import xllamacpp
-
-        params = xllamacpp.CommonParams()
-        params.model.path = str(self.gguf)
-        params.port = 0  # the kernel picks a free port: no window for another process to take it
-        params.n_parallel = self.parallel
-        params.n_ctx = self.n_ctx_per_slot * self.parallel
-        params.cpuparams.n_threads = os.cpu_count() or 1
-        params.cpuparams_batch.n_threads = os.cpu_count() or 1
-        params.verbosity = -1
-        params.endpoint_metrics = False
-        params.endpoint_slots = False
-        self._server = xllamacpp.Server(params)
-        address = str(self._server.listening_address)
-        if not address.startswith("http://127.0.0.1:"):
-            raise EvalkitError(f"llama.cpp server did not bind loopback: {address}")
-        self.base_url = f"{address}/v1"
+        self._server, self.base_url = start_llama_server(
+            self.gguf, parallel=self.parallel, n_ctx_per_slot=self.n_ctx_per_slot
+        )
         self.extra = {
             "revision": f"sha256:{_sha256(self.gguf)}",
             "weights": self.gguf.name,
