@@ -52,6 +52,19 @@ class Request:
     def kind(self) -> str:
         return "chat" if self.messages is not None else "completion"
 
+    def sampling(self) -> dict[str, Any]:
+        """Decoding parameters in the vocabulary the OpenAI API and vLLM share."""
+        out: dict[str, Any] = {
+            "max_tokens": self.params.max_tokens,
+            "temperature": self.params.temperature,
+            "seed": self.seed,
+        }
+        if self.params.top_p is not None:
+            out["top_p"] = self.params.top_p
+        if self.stop:
+            out["stop"] = list(self.stop)
+        return out
+
     @property
     def seed(self) -> int:
         """Per-request seed: distinct samples of one problem must differ, re-runs must not."""

@@ -136,17 +136,7 @@ class OpenAIBackend(Backend):
         from openai.types import Completion
         from openai.types.chat import ChatCompletion
 
-        p = request.params
-        common: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": p.max_tokens,
-            "temperature": p.temperature,
-            "seed": request.seed,
-        }
-        if p.top_p is not None:
-            common["top_p"] = p.top_p
-        if request.stop:
-            common["stop"] = list(request.stop)
+        common: dict[str, Any] = {"model": self.model, **request.sampling()}
         start = time.perf_counter()
         tool_calls: tuple[ToolCall, ...] = ()
         source: str | None = None

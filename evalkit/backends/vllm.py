@@ -68,18 +68,7 @@ def engine_args(target: Preset | str, options: ModelOptions) -> dict[str, Any]:
 
 def sampling_kwargs(request: Request) -> dict[str, Any]:
     """Keyword arguments for `vllm.SamplingParams` (same semantics as the OpenAI backend)."""
-    p = request.params
-    kwargs: dict[str, Any] = {
-        "n": 1,
-        "temperature": p.temperature,
-        "max_tokens": p.max_tokens,
-        "seed": request.seed,
-    }
-    if p.top_p is not None:
-        kwargs["top_p"] = p.top_p
-    if request.stop:
-        kwargs["stop"] = list(request.stop)
-    return kwargs
+    return {"n": 1, **request.sampling()}
 
 
 def batch_key(request: Request) -> str:
