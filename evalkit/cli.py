@@ -61,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", help="prompt mode, e.g. chat or base (default: the suite's)")
     run.add_argument("--limit", type=_positive_int, help="only the first N items")
     # None = not given: the protocol's value, else evalkit's default (see evalkit.protocols).
-    run.add_argument("--samples", type=_positive_int, help="samples per item (default 1)")
+    run.add_argument(
+        "--samples",
+        "--trials",
+        dest="samples",
+        type=_positive_int,
+        help="samples (trials) per item (default: the suite's, 1 except tau2's 4)",
+    )
     run.add_argument("--temperature", type=_non_negative_float, help="default 0")
     run.add_argument("--top-p", type=_non_negative_float)
     run.add_argument("--max-tokens", type=_positive_int, help="default 2048")
@@ -93,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-cache",
         action="store_true",
         help="bypass the response cache ($EVALKIT_CACHE_DIR or ~/.cache/evalkit)",
+    )
+
+    agent = run.add_argument_group("agentic suites (tau2-*, bfcl multi-turn)")
+    agent.add_argument(
+        "--user-model",
+        help="simulated user: a model spec, or 'scripted' (default: the suite's, e.g. gpt-4.1)",
+    )
+    agent.add_argument(
+        "--max-steps", type=_positive_int, default=200, help="messages per episode (200)"
+    )
+    agent.add_argument(
+        "--max-errors", type=_positive_int, default=10, help="tool errors per episode (10)"
+    )
+    agent.add_argument(
+        "--episode-timeout", type=_positive_float, default=1800.0, help="seconds per episode"
     )
 
     vllm = run.add_argument_group("vLLM engine (vllm:<repo> and <preset>@vllm)")
@@ -151,13 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> None:
     from evalkit import protocols
     from evalkit.models import ModelOptions
-    from evalkit.records import GenerationParams
+    from evalkit.records import AgentBudget, GenerationParams
+    from evalkit.registry import get_suite
     from evalkit.runner import RunConfig, execute, parse_shard
 
     settings = protocols.resolve(
         args.protocol,
         args.suite,
         {k: getattr(args, k) for k in protocols.SETTINGS},
+        suite_defaults={"samples": get_suite(args.suite).default_samples},
     )
     config = RunConfig(
         suite=args.suite,
@@ -198,6 +221,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         ),
         progress=not args.no_progress,
         cache=not args.no_cache,
+        user_model=args.user_model,
+        budget=AgentBudget(
+            max_steps=args.max_steps,
+            max_errors=args.max_errors,
+            max_time_s=args.episode_timeout,
+        ),
     )
     run = execute(config)
     print_run(run.summary(), run.path)

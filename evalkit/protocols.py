@@ -198,15 +198,21 @@ def get_protocol(name: str) -> Protocol:
         raise EvalkitError(f"unknown protocol {name!r}: use one of {known}") from None
 
 
-def resolve(protocol: str | None, suite: str, explicit: dict[str, Any]) -> Resolved:
+def resolve(
+    protocol: str | None,
+    suite: str,
+    explicit: dict[str, Any],
+    suite_defaults: dict[str, Any] | None = None,
+) -> Resolved:
     """Combine flags given on the command line (`explicit`, None = not given) with the
-    protocol's defaults for `suite`, then evalkit's builtin defaults."""
+    protocol's defaults for `suite`, then the suite's own (e.g. tau2's 4 trials), then
+    evalkit's builtin defaults."""
     unknown = set(explicit) - set(SETTINGS)
     if unknown:
         raise EvalkitError(f"not protocol settings: {', '.join(sorted(unknown))}")
     given = {k: v for k, v in explicit.items() if v is not None}
     from_protocol = get_protocol(protocol).defaults(suite) if protocol else {}
-    values = {**BUILTIN_DEFAULTS, "mode": None, **from_protocol, **given}
+    values = {**BUILTIN_DEFAULTS, "mode": None, **(suite_defaults or {}), **from_protocol, **given}
     overrides = {
         k: {"protocol": from_protocol[k], "used": given[k]}
         for k in sorted(given)

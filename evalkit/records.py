@@ -5,7 +5,7 @@ Plain frozen dataclasses so that every field that reaches `samples.jsonl` is exp
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -51,6 +51,15 @@ class Request:
     @property
     def kind(self) -> str:
         return "chat" if self.messages is not None else "completion"
+
+    def with_system_prompt(self, system_prompt: str | None) -> Request:
+        """This request with `system_prompt` as its first message (chat only: a raw completion
+        prompt has no roles)."""
+        if not system_prompt or self.messages is None:
+            return self
+        return replace(
+            self, messages=[{"role": "system", "content": system_prompt}, *self.messages]
+        )
 
     def sampling(self) -> dict[str, Any]:
         """Decoding parameters in the vocabulary the OpenAI API and vLLM share."""
@@ -106,6 +115,24 @@ class Response:
     tool_call_source: str | None = None
     # Answered from the response cache (evalkit.cache): no request was made, `attempts` is 0.
     cached: bool = False
+    # Multi-step episodes (agentic suites, see Suite.solve): the whole conversation in OpenAI
+    # chat format, tool calls and tool results included, kept in the sample's record; and what
+    # the episode's environment reported at its end (termination reason, final state, reward
+    # inputs), which the suite's scorer reads.
+    transcript: tuple[dict[str, Any], ...] = ()
+    outcome: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AgentBudget:
+    """Limits on one agentic episode; hitting one ends the episode, recorded, as a failure."""
+
+    max_steps: int = 200  # messages in the episode (agent, user, tool), tau2-bench's default
+    max_errors: int = 10  # tool calls that returned an error (tau2-bench's default)
+    max_time_s: float = 1800.0  # wall time of the episode
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,10 @@ class SampleRecord:
     error: str | None
     metadata: dict[str, Any]
     details: dict[str, Any]
+    # Parsed tool calls of the response (ToolCall as dicts) and, for agentic episodes, the
+    # transcript (Response.transcript); None when there were none. Defaults keep old files readable.
+    tool_calls: list[dict[str, Any]] | None = None
+    transcript: list[dict[str, Any]] | None = None
 
     @property
     def key(self) -> tuple[str, int]:

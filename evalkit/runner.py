@@ -26,6 +26,7 @@ from evalkit.errors import EvalkitError
 from evalkit.models import ModelOptions, build_backend, parse_spec
 from evalkit.records import (
     SCHEMA_VERSION,
+    AgentBudget,
     GenerationParams,
     Request,
     Response,
@@ -34,7 +35,7 @@ from evalkit.records import (
 )
 from evalkit.registry import get_suite
 from evalkit.store import Run, RunWriter, Store, new_run_id, results_root
-from evalkit.suite import Suite
+from evalkit.suite import SolveContext, Suite
 
 SCORE_BATCH = 256
 FATAL_ERRORS = ("HTTP 401", "HTTP 403", "HTTP 404")
@@ -63,6 +64,10 @@ class RunConfig:
     # Response cache (evalkit.cache): on unless --no-cache; None means $EVALKIT_CACHE_DIR.
     cache: bool = True
     cache_dir: str | None = None
+    # Agentic suites only (Suite.agentic): the simulated user (None: the suite's default) and
+    # the per-episode budget; both enter the identity of such runs.
+    user_model: str | None = None
+    budget: AgentBudget = field(default_factory=AgentBudget)
 
 
 @dataclass
@@ -76,6 +81,8 @@ class Plan:
     config_hash: str
     dataset: dict[str, Any]
     backend: Backend
+    user_model: str | None = None
+    user_backend: Backend | None = None
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -135,6 +142,7 @@ def plan(config: RunConfig) -> Plan:
     backend = build_backend(config.model, config.model_options)
     backend = cache.wrap(backend, config.cache, config.cache_dir)
     backend.validate([s.id for s in samples])
+    user_model, user_backend = _user_model(suite, config)
     dataset = {
         **location.describe(suite.data_relpath, suite.hub),
         "fingerprint": fp,
@@ -167,6 +175,8 @@ def plan(config: RunConfig) -> Plan:
     }
     if engine:
         identity["engine"] = engine
+    if suite.agentic:
+        identity["agent"] = {"budget": config.budget.to_dict(), "user_model": user_model}
     return Plan(
         suite=suite,
         mode=mode,
@@ -175,7 +185,32 @@ def plan(config: RunConfig) -> Plan:
         config_hash=config_hash(identity),
         dataset=dataset,
         backend=backend,
+        user_model=user_model,
+        user_backend=user_backend,
     )
+
+
+def _user_model(suite: Suite, config: RunConfig) -> tuple[str | None, Backend | None]:
+    """The simulated user's spec and, unless the suite implements it, its backend."""
+    if not suite.agentic:
+        if config.user_model is not None:
+            raise EvalkitError(f"suite {suite.name} has no simulated user: drop --user-model")
+        return None, None
+    spec = config.user_model or suite.default_user_model
+    if spec is None or spec in suite.builtin_user_models:
+        return spec, None
+    parse_spec(spec)
+    # The user simulator shares the client settings but never the engine flags of the model
+    # under test; its answers are cached like any deterministic request.
+    opts = config.model_options
+    user_options = ModelOptions(
+        base_url=None,
+        api_key_env=None,
+        timeout_s=opts.timeout_s,
+        max_attempts=opts.max_attempts,
+        concurrency=opts.concurrency,
+    )
+    return spec, cache.wrap(build_backend(spec, user_options), config.cache, config.cache_dir)
 
 
 def execute(config: RunConfig) -> Run:
@@ -236,12 +271,17 @@ async def _generate_and_score(
         dynamic_ncols=True,
     )
 
+    ctx = SolveContext(
+        backend=p.backend,
+        slot=sem,
+        system_prompt=config.system_prompt,
+        budget=config.budget,
+        user_model=p.user_model,
+        user_backend=p.user_backend,
+    )
+
     async def one(sample: Sample, index: int) -> None:
-        request = with_system_prompt(
-            p.suite.build_request(sample, p.mode, config.params, index), config.system_prompt
-        )
-        async with sem:
-            response = await p.backend.generate(request)
+        request, response = await p.suite.solve(sample, p.mode, config.params, index, ctx)
         if response.error and response.error.startswith(FATAL_ERRORS):
             # A wrong key or an unknown model fails every sample alike: stop, don't record.
             raise EvalkitError(f"{config.model}: {response.error}")
@@ -266,6 +306,8 @@ async def _generate_and_score(
 
     try:
         await p.backend.start()
+        if p.user_backend is not None:
+            await p.user_backend.start()
         scoring = asyncio.create_task(scorer())
         tasks = [asyncio.create_task(one(s, i)) for s, i in todo]
         try:
@@ -281,16 +323,8 @@ async def _generate_and_score(
     finally:
         bar.close()
         await p.backend.close()
-
-
-def with_system_prompt(request: Request, system_prompt: str | None) -> Request:
-    """The request with `system_prompt` as its first message (chat requests only: a raw
-    completion prompt has no roles)."""
-    if not system_prompt or request.messages is None:
-        return request
-    return dataclasses.replace(
-        request, messages=[{"role": "system", "content": system_prompt}, *request.messages]
-    )
+        if p.user_backend is not None:
+            await p.user_backend.close()
 
 
 def _score_and_append(
@@ -327,6 +361,8 @@ def _record(
         error=response.error,
         metadata=sample.metadata,
         details={**score.details, "cached": True} if response.cached else score.details,
+        tool_calls=[dataclasses.asdict(c) for c in response.tool_calls] or None,
+        transcript=list(response.transcript) or None,
     )
 
 
@@ -398,6 +434,15 @@ def _summary(
             "protocol": protocols.describe_run(config.protocol, config.protocol_overrides),
             "system_prompt": config.system_prompt or None,
             "suite": p.suite.provenance(),
+            "agent": (
+                {
+                    "budget": config.budget.to_dict(),
+                    "user_model": p.user_model,
+                    "user_backend": p.user_backend.describe() if p.user_backend else None,
+                }
+                if p.suite.agentic
+                else None
+            ),
         },
     }
 

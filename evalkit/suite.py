@@ -6,14 +6,47 @@ few methods below, and registers an instance with `evalkit.registry.register_sui
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from evalkit import data, stats
-from evalkit.records import GenerationParams, Request, Response, Sample, SampleRecord, Score
+from evalkit.records import (
+    AgentBudget,
+    GenerationParams,
+    Request,
+    Response,
+    Sample,
+    SampleRecord,
+    Score,
+)
+
+if TYPE_CHECKING:
+    from evalkit.backends.base import Backend
+
+
+@dataclass
+class SolveContext:
+    """What the runner lends a suite to answer one sample: the model under test (every call
+    through `generate`, which holds a concurrency slot), and for agentic suites the user
+    simulator and the episode budget."""
+
+    backend: Backend
+    slot: asyncio.Semaphore
+    system_prompt: str | None = None
+    budget: AgentBudget = field(default_factory=AgentBudget)
+    # The --user-model spec as given (or the suite's default), and its started backend; None
+    # for specs the suite handles itself (e.g. "scripted").
+    user_model: str | None = None
+    user_backend: Backend | None = None
+
+    async def generate(self, request: Request) -> Response:
+        async with self.slot:
+            return await self.backend.generate(request)
 
 
 class Suite(ABC):
@@ -31,6 +64,14 @@ class Suite(ABC):
     expected_fingerprint: ClassVar[str]
     # Metadata keys to break results down by (e.g. subject, level).
     breakdown_keys: ClassVar[tuple[str, ...]] = ()
+    # Samples (trials) per item when neither a flag nor a protocol sets it.
+    default_samples: ClassVar[int] = 1
+    # Agentic suites run multi-step episodes in `solve`: their budget and user model enter
+    # the run's identity. `default_user_model` is the simulated user's spec (None: no user).
+    agentic: ClassVar[bool] = False
+    default_user_model: ClassVar[str | None] = None
+    # User-model specs the suite implements itself, without a backend (e.g. "scripted").
+    builtin_user_models: ClassVar[tuple[str, ...]] = ()
 
     # -- data -----------------------------------------------------------------------------
     def load_records(self, location: data.DataLocation) -> list[dict[str, Any]]:
@@ -58,6 +99,20 @@ class Suite(ABC):
     def build_request(
         self, sample: Sample, mode: str, params: GenerationParams, sample_index: int
     ) -> Request: ...
+
+    async def solve(
+        self,
+        sample: Sample,
+        mode: str,
+        params: GenerationParams,
+        sample_index: int,
+        ctx: SolveContext,
+    ) -> tuple[Request, Response]:
+        """Answer one sample: one request by default; agentic suites override this with an
+        episode (see evalkit.agent) and return its first request and final response."""
+        request = self.build_request(sample, mode, params, sample_index)
+        request = request.with_system_prompt(ctx.system_prompt)
+        return request, await ctx.generate(request)
 
     # -- scoring --------------------------------------------------------------------------
     @abstractmethod
