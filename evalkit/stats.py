@@ -17,6 +17,7 @@ from evalkit.records import SampleRecord
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 20250414  # fixed so that the same records always give the same interval
 BOOTSTRAP_CHUNK = 1 << 18  # indices drawn per chunk (2 MB): stays in cache, no page faults
+BOOTSTRAP_MULTINOMIAL_LEVELS = 64  # up to this many distinct values, resample by counts
 
 
 def per_problem(records: Sequence[SampleRecord]) -> dict[str, list[bool]]:
@@ -39,15 +40,24 @@ def summarize(values: Sequence[float], n_samples: int | None = None) -> dict[str
     mean = float(arr.mean())
     stderr = float(arr.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    # Rows drawn in chunks: the same stream as one (resamples, n) draw, hence the same interval,
-    # without a 100+ MB index array whose first-touch page faults alone cost about a second.
-    rows = max(1, BOOTSTRAP_CHUNK // n)
-    boot = np.concatenate(
-        [
-            arr[rng.integers(0, n, size=(min(rows, BOOTSTRAP_RESAMPLES - start), n))].mean(axis=1)
-            for start in range(0, BOOTSTRAP_RESAMPLES, rows)
-        ]
-    )
+    levels, counts = np.unique(arr, return_counts=True)
+    if levels.size <= BOOTSTRAP_MULTINOMIAL_LEVELS:
+        # Few distinct values (0/1 outcomes, fractions of k samples): a resample is fully
+        # described by how often it draws each value, which is multinomial(n, frequencies).
+        # The same bootstrap distribution as drawing n indices, at O(levels) per resample
+        # instead of O(n): about 1 ms instead of 0.3 s for 1319 problems.
+        boot = rng.multinomial(n, counts / n, size=BOOTSTRAP_RESAMPLES) @ levels / n
+    else:
+        # Rows drawn in chunks: no 100+ MB index array whose page faults alone cost a second.
+        rows = max(1, BOOTSTRAP_CHUNK // n)
+        boot = np.concatenate(
+            [
+                arr[rng.integers(0, n, size=(min(rows, BOOTSTRAP_RESAMPLES - start), n))].mean(
+                    axis=1
+                )
+                for start in range(0, BOOTSTRAP_RESAMPLES, rows)
+            ]
+        )
     lo, hi = np.percentile(boot, [2.5, 97.5])
     out: dict[str, Any] = {
         "mean": mean,
@@ -81,6 +91,19 @@ def pass_at_k_metric(records: Sequence[SampleRecord], k: int) -> dict[str, Any]:
     )
 
 
+def pass_hat_k(n: int, c: int, k: int) -> float:
+    """pass^k of τ-bench (Yao et al. 2024): the chance that k trials drawn without replacement
+    from n, c of them successful, all succeed, C(c, k) / C(n, k). pass^1 is the mean success."""
+    return math.comb(c, k) / math.comb(n, k)
+
+
+def pass_hat_k_metric(records: Sequence[SampleRecord], k: int) -> dict[str, Any]:
+    groups = per_problem(records)
+    return summarize(
+        [pass_hat_k(len(v), sum(v), k) for v in groups.values()], n_samples=len(records)
+    )
+
+
 def breakdown(
     records: Sequence[SampleRecord],
     key: str,
@@ -90,3 +113,56 @@ def breakdown(
     for r in records:
         buckets[str(r.metadata.get(key))].append(r)
     return {name: metric(rs) for name, rs in sorted(buckets.items())}
+
+
+# -- paired comparison of two runs (evalkit.compare) ----------------------------------------
+PERMUTATION_RESAMPLES = 10_000
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for `b` and `c` discordant pairs: the binomial test of b
+    successes in b + c trials at 1/2 (scipy's binomtest). Exact rather than mid-p because its
+    size never exceeds alpha, which a 'confirmed' verdict needs; no discordant pair: p = 1."""
+    if b + c == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(b, b + c, 0.5).pvalue)
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """95% interval of mean(b) - mean(a) over problems aligned in both runs. Resampling problems
+    jointly in both runs is resampling the per-problem differences, so `summarize` does it (same
+    seed, same percentile interval as every per-run number)."""
+    import numpy as np
+
+    return summarize(np.asarray(b, dtype=float) - np.asarray(a, dtype=float))
+
+
+def paired_permutation_test(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided sign-flip permutation test of mean(b - a) = 0 (scipy's permutation_test, paired
+    samples; exact when 2**n <= PERMUTATION_RESAMPLES, else that many seeded flips). Valid when
+    the two runs are exchangeable within each problem under H0; it tests the difference of means
+    that is reported, where Wilcoxon's signed-rank would test ranks and drop the many zero and
+    tied differences of per-problem fractions (0.2, 0.4, ...)."""
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not np.any(x != y):
+        return 1.0  # every difference is zero: each sign flip gives the observed statistic
+
+    def mean_diff(u: Any, v: Any, axis: int = -1) -> Any:
+        return np.mean(v - u, axis=axis)
+
+    result = permutation_test(
+        (x, y),
+        mean_diff,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=PERMUTATION_RESAMPLES,
+        alternative="two-sided",
+        batch=500,
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
+    return float(min(1.0, result.pvalue))
