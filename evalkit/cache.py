@@ -86,6 +86,7 @@ def decode_response(text: str) -> Response:
     body = {k: v for k, v in body.items() if k in known}
     body["usage"] = Usage(**(body.get("usage") or {}))
     body["tool_calls"] = tuple(ToolCall(**t) for t in body.get("tool_calls") or ())
+    body["transcript"] = tuple(body.get("transcript") or ())
     # No request was made: no attempts, no latency beyond the lookup.
     return Response(**{**body, "attempts": 0, "latency_s": 0.0, "error": None, "cached": True})
 

@@ -1,8 +1,15 @@
-"""Any OpenAI-compatible endpoint through the official `openai` SDK (async).
+"""Any OpenAI-compatible endpoint: `POST /chat/completions` and `/completions` over aiohttp.
 
-Retries live here, not in the SDK (`max_retries=0`): one bounded loop covers what the SDK
-retries (429 with Retry-After, 5xx, timeouts, dropped connections) and what it does not
-(a 200 whose body is not a well-formed completion), so the bound on attempts is exact.
+Why not the official `openai` SDK: measured in bench/api_throughput.py on 2 cores, the SDK
+costs about 0.5 s to import (pydantic models, httpx, trio through anyio) and about 1.3 ms of
+CPU per request (typed-parameter transform, request-option models, httpx request objects,
+response models), which held evalkit's request phase at 0.92 of ideal at concurrency 64 and
+the SDK alone near 0.87 on a quiet machine. evalkit sends the wire format it already holds
+and reads only the fields it records, so the SDK's typing buys nothing here; this module is
+the few lines of HTTP that remain, on aiohttp's connection pool.
+
+One bounded retry loop covers 429 with Retry-After, 5xx, timeouts, dropped connections and a
+200 whose body is not a well-formed completion, so the bound on attempts is exact.
 """
 
 from __future__ import annotations
@@ -25,11 +32,36 @@ from evalkit.tool_parsers import detect_family, parse_tool_calls
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 120.0
-NO_KEY = "EMPTY"  # local servers need none, but the SDK requires one
+NO_KEY = "EMPTY"  # local servers need none: no Authorization header is sent
 
 
 class MalformedResponse(Exception):
     """A 2xx reply that is not a usable completion."""
+
+
+class StatusError(Exception):
+    """A reply with a non-2xx status; `message` is the server's error message, if it gave one."""
+
+    def __init__(self, status: int, message: str, headers: Any) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def error_message(body: bytes) -> str:
+    """The message of an OpenAI-style error body ({"error": {"message": ...}}), else its text."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        message = err.get("message") if isinstance(err, dict) else err
+        if isinstance(message, str) and message:
+            return message
+    return text
 
 
 def public_url(url: str) -> str:
@@ -96,26 +128,39 @@ class OpenAIBackend(Backend):
         self.backend_name = backend_name
         self.extra = extra or {}
         self.models_seen: set[str] = set()
-        self._client: Any = None
+        self._session: Any = None
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key != NO_KEY:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
 
     async def start(self) -> None:
-        import openai
+        import aiohttp
 
-        # The SDK's aiohttp transport (the `openai[aiohttp]` extra): measured in
-        # bench/api_throughput.py, its default httpx pool costs more CPU per request than the
-        # requests themselves at concurrency 64 on 2 cores.
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=self._api_key,
-            max_retries=0,
-            timeout=self.timeout_s,
-            http_client=openai.DefaultAioHttpClient(),
+        from evalkit import __version__
+
+        self._session = aiohttp.ClientSession(
+            # Concurrency is bounded by the runner's semaphore, not by the pool.
+            connector=aiohttp.TCPConnector(limit=0),
+            headers={**self._headers, "User-Agent": f"evalkit/{__version__}"},
+            # Each attempt is bounded as a whole in `generate`; per-read limits would let a
+            # trickling server hold a request forever.
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout_s),
         )
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST a JSON body, return the decoded JSON reply; StatusError for a non-2xx status."""
+        url = self.base_url.rstrip("/") + path
+        data = json.dumps(body).encode()
+        async with self._session.post(url, data=data, allow_redirects=False) as reply:
+            raw = await reply.read()
+            if not 200 <= reply.status < 300:
+                raise StatusError(reply.status, error_message(raw), reply.headers)
+        return json.loads(raw)  # ValueError (incl. UnicodeDecodeError): a malformed reply
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -123,7 +168,7 @@ class OpenAIBackend(Backend):
             "model_id": self.model,
             "base_url": public_url(self.base_url),
             "served_models": sorted(self.models_seen),
-            "transport": "openai SDK over aiohttp",
+            "transport": "aiohttp (OpenAI REST, wire format)",
             "retries": {
                 "max_attempts": self.max_attempts,
                 "timeout_s": self.timeout_s,
@@ -138,17 +183,12 @@ class OpenAIBackend(Backend):
         tool_calls: tuple[ToolCall, ...] = ()
         source: str | None = None
         # Bodies go out in the wire format (assistant turns with "tool_calls" and "tool" turns
-        # exactly as given), skipping the SDK's typed-parameter transform, and replies come back
-        # as the decoded JSON (`cast_to=object`), skipping its pydantic models: together about
-        # 1.3 ms of CPU per request, the largest client cost in bench/api_throughput.py. The
-        # shape checks the models would have made are made here, on the fields evalkit reads.
+        # exactly as given); replies are checked on the fields evalkit reads.
         if request.kind == "chat":
             if request.tools:
                 common["tools"] = request.tools
                 common["tool_choice"] = "auto"
-            out = await self._client.post(
-                "/chat/completions", body={"messages": request.messages, **common}, cast_to=object
-            )
+            out = await self._post("/chat/completions", {"messages": request.messages, **common})
             choice = _first_choice(out)
             message = choice.get("message")
             if not isinstance(message, dict):
@@ -165,9 +205,7 @@ class OpenAIBackend(Backend):
                 text, tool_calls = parse_tool_calls(text, family)
                 source = f"parsed:{family}"
         else:
-            out = await self._client.post(
-                "/completions", body={"prompt": request.prompt, **common}, cast_to=object
-            )
+            out = await self._post("/completions", {"prompt": request.prompt, **common})
             choice = _first_choice(out)
             text = choice.get("text")
         if not isinstance(text, str):
@@ -193,40 +231,33 @@ class OpenAIBackend(Backend):
         )
 
     async def generate(self, request: Request) -> Response:
-        import openai
+        import aiohttp
 
         last_error = "no attempt made"
         for attempt in range(1, self.max_attempts + 1):
             wait: float | None = None
             try:
-                # The SDK's timeout bounds each read, not the reply: a server that trickles
-                # bytes would hold a request forever. This bounds the whole attempt.
                 response = await asyncio.wait_for(self._call(request), self.timeout_s)
                 return dataclasses.replace(response, attempts=attempt)
-            except openai.APIStatusError as exc:
-                last_error = f"HTTP {exc.status_code}: {self._short(exc.message)}"
-                if exc.status_code not in RETRYABLE_STATUS:
+            except StatusError as exc:
+                last_error = f"HTTP {exc.status}: {self._short(exc.message)}"
+                if exc.status not in RETRYABLE_STATUS:
                     return Response(text="", error=last_error, attempts=attempt)
-                wait = retry_after_seconds(exc.response.headers)
-            except (openai.APITimeoutError, TimeoutError) as exc:
-                refused = _connection_failure(exc)
-                last_error = (
-                    f"APIConnectionError ({type(refused).__name__}): {self._short(str(refused))}"
-                    if refused is not None
-                    else f"timeout: no complete reply within {self.timeout_s:g} s"
-                )
-            except openai.APIConnectionError as exc:
-                cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ else ""
-                last_error = f"APIConnectionError{cause}: {self._short(str(exc))}"
+                wait = retry_after_seconds(exc.headers)
+            except TimeoutError:
+                last_error = f"timeout: no complete reply within {self.timeout_s:g} s"
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+                # Refused, reset or dropped (also mid-body): the cause names which.
+                cause = _connection_failure(exc) or exc
+                last_error = f"connection error ({type(cause).__name__}): {self._short(str(cause))}"
             except (
                 MalformedResponse,
-                openai.APIResponseValidationError,
                 ValueError,  # JSONDecodeError, and UnicodeDecodeError for a binary body
                 AttributeError,
                 TypeError,
                 LookupError,
             ) as exc:
-                # A 2xx reply that is not a completion: the SDK does not retry these.
+                # A 2xx reply that is not a completion.
                 last_error = f"malformed response: {type(exc).__name__}: {self._short(str(exc))}"
             except Exception as exc:  # generate must not raise (see Backend); still bounded
                 last_error = f"unexpected {type(exc).__name__}: {self._short(str(exc))}"
@@ -295,8 +326,8 @@ def _field(obj: Any, key: str) -> Any:
 
 
 def _connection_failure(exc: BaseException) -> BaseException | None:
-    """The refused/reset connection behind an exception, if any: the SDK's aiohttp transport
-    reports a refused connection as a connect *timeout*, which would misname the cause."""
+    """The OS-level refused/reset connection behind an aiohttp error, if any, so the record
+    names the cause (ConnectionRefusedError) rather than aiohttp's wrapper."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
