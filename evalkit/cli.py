@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from evalkit.runner import RunConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,15 +169,99 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--reserve", help="per-GPU memory kept for activations (default: 10%%)")
     plan.add_argument("--analytic", action="store_true", help="no meta-device build (no torch)")
     plan.add_argument("--json", action="store_true", help="machine-readable plan")
+
+    compare = sub.add_parser(
+        "compare", help="paired comparison of two runs: B − A with 95%% CI and p-value"
+    )
+    compare.add_argument("run_a", help="run id of A")
+    compare.add_argument("run_b", help="run id of B (the difference is B − A)")
+    compare.add_argument("--results-dir")
+    compare.add_argument(
+        "--force", action="store_true", help="compare runs of different data/prompt/protocol"
+    )
+    compare.add_argument("--json", action="store_true", help="machine-readable comparison")
+
+    report = sub.add_parser(
+        "report", help="static HTML leaderboard, tables and plots from the finished runs"
+    )
+    report.add_argument("--out", default="reports/site", help="site folder (default reports/site)")
+    report.add_argument("--results-dir")
+    report.add_argument(
+        "--runs", nargs="+", metavar="RUN_ID", help="only these runs (default: latest per group)"
+    )
+    report.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("RUN_A", "RUN_B"),
+        help="pin a paired comparison B − A (repeatable; default: every pair in a column)",
+    )
+    report.add_argument(
+        "--force",
+        action="store_true",
+        help="compare pinned runs of different data/prompt/protocol (the report says so)",
+    )
+    slurm = sub.add_parser("slurm", help="run suites as Slurm jobs: submit, status, resume, cancel")
+    slurm_sub = slurm.add_subparsers(dest="slurm_command", required=True, parser_class=_Parser)
+    sbmt = slurm_sub.add_parser(
+        "submit",
+        help="render sbatch scripts (server, eval arrays, merges, report) and submit them",
+        description="Flags after `--` go to every `evalkit run`, e.g. -- --limit 40 --samples 5.",
+    )
+    sbmt.add_argument("--suite", action="append", required=True, help="repeatable")
+    sbmt.add_argument("--model", required=True, help="as for `evalkit run`; <preset>@vllm: served")
+    sbmt.add_argument("--shards", type=_positive_int, required=True, help="array tasks per suite")
+    sbmt.add_argument("--partition")
+    sbmt.add_argument("--account")
+    sbmt.add_argument("--time", help="per job, e.g. 04:00:00 (default: the partition's)")
+    sbmt.add_argument(
+        "--gpus-per-node", type=_positive_int, help="per eval task, or per server node (vllm)"
+    )
+    sbmt.add_argument("--nodes", type=_positive_int, help="model-server nodes (default: preset's)")
+    sbmt.add_argument("--cpus-per-task", type=_positive_int)
+    sbmt.add_argument("--port", type=_positive_int, default=8000, help="model server's port")
+    sbmt.add_argument("--setup", default="", help="shell run first in every job (module, venv)")
+    sbmt.add_argument("--setup-file", help="a file of such shell lines")
+    sbmt.add_argument(
+        "--evalkit", help="how jobs call evalkit (default: python -m evalkit after --setup)"
+    )
+    sbmt.add_argument("--workdir", help="jobs' working directory (default: this one)")
+    sbmt.add_argument("--results-dir")
+    sbmt.add_argument("--dry-run", action="store_true", help="write the scripts, submit nothing")
+    sbmt.add_argument("run_args", nargs="*", help="after --: flags for `evalkit run`")
+    for name, text in (
+        ("status", "jobs, shards done vs remaining, logs (cancels jobs that can never run)"),
+        ("resume", "resubmit unfinished shards, then their merges and the report"),
+        ("cancel", "cancel the submission's pending and running jobs"),
+    ):
+        cmd = slurm_sub.add_parser(name, help=text)
+        cmd.add_argument("submission", help="submission folder, or its id under the results dir")
+        cmd.add_argument("--results-dir")
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="machine-readable status")
+    mrg = slurm_sub.add_parser("merge", help="merge a submission's shards of a suite (merge job)")
+    mrg.add_argument("submission")
+    mrg.add_argument("--suite", required=True)
+    mrg.add_argument("--results-dir")
     return parser
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from evalkit.runner import execute
+
+    run = execute(run_config(args))
+    print_run(run.summary(), run.path)
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of parsed `evalkit run` arguments (also used by `evalkit slurm submit`,
+    which plans every shard's run to know its config hash)."""
     from evalkit import protocols
     from evalkit.models import ModelOptions
     from evalkit.records import AgentBudget, GenerationParams
     from evalkit.registry import get_suite
-    from evalkit.runner import RunConfig, execute, parse_shard
+    from evalkit.runner import RunConfig, parse_shard
 
     settings = protocols.resolve(
         args.protocol,
@@ -182,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         {k: getattr(args, k) for k in protocols.SETTINGS},
         suite_defaults={"samples": get_suite(args.suite).default_samples},
     )
-    config = RunConfig(
+    return RunConfig(
         suite=args.suite,
         model=args.model,
         mode=settings.mode,
@@ -228,8 +315,6 @@ def cmd_run(args: argparse.Namespace) -> None:
             max_time_s=args.episode_timeout,
         ),
     )
-    run = execute(config)
-    print_run(run.summary(), run.path)
 
 
 def print_run(summary: dict[str, Any], path: Any) -> None:
@@ -323,7 +408,115 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2) if args.json else planner.format_plan(result))
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    import json
+
+    from evalkit.compare import compare_runs, format_comparison
+    from evalkit.store import Store, results_root
+
+    store = Store(results_root(args.results_dir))
+    result = compare_runs(store.get(args.run_a), store.get(args.run_b), force=args.force)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_comparison(result))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from evalkit.reports.site import build_site
+    from evalkit.store import Store, results_root
+
+    report = build_site(
+        Store(results_root(args.results_dir)),
+        Path(args.out),
+        run_ids=args.runs,
+        compare=[tuple(pair) for pair in args.compare],
+        force=args.force,
+    )
+    runs, pairs = len(report.run_ids), report.comparisons
+    print(
+        f"report of {runs} run{'' if runs == 1 else 's'}: {report.claims_measured} of "
+        f"{report.claims} claims measured, {pairs} paired comparison{'' if pairs == 1 else 's'}, "
+        f"{report.files} files"
+    )
+    print(f"  open {report.out / 'index.html'}")
+
+
+def cmd_slurm(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from evalkit.errors import EvalkitError
+    from evalkit.slurm import status as slurm_status
+    from evalkit.slurm.submission import Submission
+
+    if args.slurm_command == "submit":
+        from evalkit.slurm.submit import SubmitOptions, planned_commands, submit
+
+        setup = args.setup
+        if args.setup_file:
+            try:
+                setup = "\n".join([setup, Path(args.setup_file).read_text(encoding="utf-8")])
+            except OSError as exc:
+                raise EvalkitError(f"cannot read --setup-file: {exc}") from None
+        sub = submit(
+            SubmitOptions(
+                suites=args.suite,
+                model=args.model,
+                shards=args.shards,
+                run_args=args.run_args,
+                results_dir=args.results_dir,
+                partition=args.partition,
+                account=args.account,
+                time=args.time,
+                gpus_per_node=args.gpus_per_node,
+                nodes=args.nodes,
+                cpus_per_task=args.cpus_per_task,
+                port=args.port,
+                setup=setup,
+                evalkit=args.evalkit,
+                workdir=args.workdir,
+                dry_run=args.dry_run,
+            )
+        )
+        if sub.dry_run:
+            print(f"dry run: scripts in {sub.path}; submitting would run:")
+            print("\n".join(f"  {line}" for line in planned_commands(sub)))
+            return
+        print(f"submission {sub.submission_id}  ({sub.path})")
+        for job in sub.jobs:
+            after = f"  after {job.dependency}" if job.dependency else ""
+            print(f"  {job.name:24s} {job.job_id}{after}")
+        print(f"  follow it with: evalkit slurm status {sub.path}")
+        return
+    if args.slurm_command == "merge":
+        from evalkit.slurm.shards import merge_suite
+
+        sub = Submission.load(args.submission, args.results_dir)
+        run, made = merge_suite(sub, args.suite)
+        if not made:
+            print(f"{args.suite}: already merged as {run.run_id}")
+        print_run(run.summary(), run.path)
+        return
+    sub = Submission.load(args.submission, args.results_dir)
+    if args.slurm_command == "status":
+        state = slurm_status.collect(sub)
+        print(json.dumps(state, indent=2) if args.json else slurm_status.format_status(state))
+    elif args.slurm_command == "resume":
+        jobs = slurm_status.resume(sub)
+        if not jobs:
+            print(f"submission {sub.submission_id}: nothing to resume, everything is done")
+        for job in jobs:
+            shards = f" shards {','.join(map(str, job.array))}" if job.array else ""
+            print(f"  {job.name:24s} {job.job_id}{shards}")
+    else:
+        cancelled = slurm_status.cancel(sub)
+        print(f"cancelled {', '.join(cancelled) if cancelled else 'nothing (no active jobs)'}")
+
+
 COMMANDS = {
+    "slurm": cmd_slurm,
+    "report": cmd_report,
+    "compare": cmd_compare,
     "plan": cmd_plan,
     "run": cmd_run,
     "list": cmd_list,

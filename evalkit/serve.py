@@ -70,7 +70,9 @@ def serve_plan(
     argv = ["vllm", "serve", preset.hf_repo]
     if preset.revision:
         argv += ["--revision", preset.revision, "--tokenizer-revision", preset.revision]
-    argv += ["--served-model-name", preset.name, "--port", str(port)]
+    # Served under its repo id: `openai:<preset name>` would mean the preset's API route, whose
+    # model name (e.g. kimi-k2-0711-preview) this server does not know.
+    argv += ["--served-model-name", preset.hf_repo, "--port", str(port)]
     if preset.trust_remote_code:
         argv.append("--trust-remote-code")
     argv += ["--tensor-parallel-size", str(tp)]
@@ -95,7 +97,7 @@ def serve_plan(
         notes.append(f"checkpoint: {preset.checkpoint}")
     return ServePlan(
         preset=preset.name,
-        served_name=preset.name,
+        served_name=preset.hf_repo,
         head_address=head,
         port=port,
         gpus=gpus,
@@ -108,7 +110,7 @@ def serve_plan(
             "--suite",
             "<suite>",
             "--model",
-            f"openai:{preset.name}",
+            f"openai:{preset.hf_repo}",
             "--base-url",
             f"http://{head}:{port}/v1",
         ],

@@ -150,7 +150,7 @@ def test_serve_kimi_k2_instruct_two_nodes_with_ray() -> None:
         "--tokenizer-revision",
         INSTRUCT_REV,
         "--served-model-name",
-        "kimi-k2-instruct",
+        "moonshotai/Kimi-K2-Instruct",
         "--port",
         "8000",
         "--trust-remote-code",
@@ -170,7 +170,7 @@ def test_serve_kimi_k2_instruct_two_nodes_with_ray() -> None:
         "--suite",
         "<suite>",
         "--model",
-        "openai:kimi-k2-instruct",
+        "openai:moonshotai/Kimi-K2-Instruct",
         "--base-url",
         "http://10.0.0.1:8000/v1",
     ]
@@ -187,7 +187,7 @@ def test_serve_kimi_k2_base_has_no_tool_parser() -> None:
         "--tokenizer-revision",
         BASE_REV,
         "--served-model-name",
-        "kimi-k2-base",
+        "moonshotai/Kimi-K2-Base",
         "--port",
         "9000",
         "--trust-remote-code",
@@ -250,7 +250,7 @@ def test_serve_cli_dry_run_prints_the_commands() -> None:
         line.startswith("vllm serve moonshotai/Kimi-K2-Instruct --revision ") for line in lines
     )
     assert (
-        "evalkit run --suite '<suite>' --model openai:kimi-k2-instruct "
+        "evalkit run --suite '<suite>' --model openai:moonshotai/Kimi-K2-Instruct "
         "--base-url http://node0:8001/v1" in lines
     )
     assert (
