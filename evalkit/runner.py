@@ -128,7 +128,7 @@ def plan(config: RunConfig) -> Plan:
     fp = suite.fingerprint(records)
     mismatch = fp != suite.expected_fingerprint
     if mismatch and not config.allow_data_mismatch:
-        where = location.describe(suite.data_relpath, suite.hub)
+        where = suite.describe_data(location)
         raise EvalkitError(
             f"dataset fingerprint mismatch for {suite.name} ({where.get('path') or where}): "
             f"expected {suite.expected_fingerprint}, got {fp}; "
@@ -144,7 +144,7 @@ def plan(config: RunConfig) -> Plan:
     backend.validate([s.id for s in samples])
     user_model, user_backend = _user_model(suite, config)
     dataset = {
-        **location.describe(suite.data_relpath, suite.hub),
+        **suite.describe_data(location),
         "fingerprint": fp,
         "expected_fingerprint": suite.expected_fingerprint,
         "mismatch_allowed": mismatch,

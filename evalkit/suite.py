@@ -83,6 +83,11 @@ class Suite(ABC):
     @abstractmethod
     def to_sample(self, index: int, record: dict[str, Any]) -> Sample: ...
 
+    def describe_data(self, location: data.DataLocation) -> dict[str, Any]:
+        """Where the records came from, for provenance (suites whose data ships inside a
+        package override this)."""
+        return location.describe(self.data_relpath, self.hub)
+
     def fingerprint(self, records: Sequence[dict[str, Any]]) -> str:
         return data.fingerprint(records, self.sample_id, self.fingerprint_fields)
 

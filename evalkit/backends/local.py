@@ -84,10 +84,13 @@ class LocalBackend(OpenAIBackend):
         )
 
     async def start(self) -> None:
+        # jinja: the model's own chat template, which renders tool schemas and tool turns
+        # (llama.cpp refuses `tools` without it), so the tool-use suites run on `local` too.
         self._server, self.base_url = start_llama_server(
-            self.gguf, parallel=self.parallel, n_ctx_per_slot=self.n_ctx_per_slot
+            self.gguf, parallel=self.parallel, n_ctx_per_slot=self.n_ctx_per_slot, jinja=True
         )
         self.extra = {
+            "chat_template": "the GGUF's own (jinja)",
             "revision": f"sha256:{_sha256(self.gguf)}",
             "weights": self.gguf.name,
             "server": f"llama.cpp via xllamacpp {importlib.metadata.version('xllamacpp')}",
