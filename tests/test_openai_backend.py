@@ -209,7 +209,8 @@ def test_refused_connection_is_bounded():
 
         response, _ = generate(Dead(), make_request("x"), max_attempts=3)  # type: ignore[arg-type]
     assert response.attempts == 3
-    assert response.error is not None and "connection error (ConnectionRefusedError)" in response.error
+    assert response.error is not None
+    assert "connection error (ConnectionRefusedError)" in response.error
 
 
 # ------------------------------------------------------------------------------------------
