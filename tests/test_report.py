@@ -396,3 +396,17 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "occupied"]
     assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
+
+
+def test_breakdowns_with_several_metrics_show_the_headline_one() -> None:
+    """tau2's run.json breaks pass^1..pass^k down per domain: the table takes pass^1, the
+    run's headline metric, and skips what is not a metric."""
+    from evalkit.reports.collect import _breakdown_metric
+
+    pass1 = {"mean": 0.25, "stderr": 0.1, "ci95": [0.1, 0.4], "n": 50}
+    pass2 = {"mean": 0.1, "stderr": 0.05, "ci95": [0.0, 0.2], "n": 50}
+    metrics = {"pass^1": pass1, "pass^2": pass2}
+    assert _breakdown_metric({"pass^1": pass1, "pass^2": pass2}, metrics) == pass1
+    assert _breakdown_metric(pass2, metrics) == pass2  # already a single metric
+    assert _breakdown_metric({"count": 3}, metrics) is None
+    assert _breakdown_metric("n/a", metrics) is None

@@ -216,7 +216,8 @@ def runs_frame(entries: Iterable[RunEntry]) -> pd.DataFrame:
 
 def breakdown_frame(entries: Iterable[RunEntry]) -> pd.DataFrame:
     """Every breakdown of every run (MATH subject/level, BFCL category, tau2 domain, ...): any
-    `run.json["breakdowns"][key][value]` that is a metric (has a mean)."""
+    `run.json["breakdowns"][key][value]` that is a metric (has a mean), or that holds several
+    metrics (tau2's pass^1..pass^k per domain), of which the run's headline (first) metric."""
     rows = [
         {
             "column": e.column,
@@ -224,17 +225,27 @@ def breakdown_frame(entries: Iterable[RunEntry]) -> pd.DataFrame:
             "key": key,
             "value": value,
             "model": e.label,
-            **_metric_fields(m),
+            **_metric_fields(metric),
             "run_id": e.run_id,
         }
         for e in entries
         for key, values in (e.summary.get("breakdowns") or {}).items()
         if isinstance(values, dict)
         for value, m in values.items()
-        if isinstance(m, dict) and "mean" in m
+        if (metric := _breakdown_metric(m, e.summary.get("metrics") or {})) is not None
     ]
     columns = ["column", "suite", "key", "value", "model", "mean", "stderr", "ci95_low"]
     return pd.DataFrame(rows, columns=[*columns, "ci95_high", "n", "run_id"])
+
+
+def _breakdown_metric(m: Any, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    if not isinstance(m, dict):
+        return None
+    if "mean" in m:
+        return m
+    headline = next(iter(metrics), None)
+    inner = m.get(headline) if headline is not None else None
+    return inner if isinstance(inner, dict) and "mean" in inner else None
 
 
 def claims_frame(verdicts: Sequence[Verdict]) -> pd.DataFrame:
