@@ -37,6 +37,27 @@ MEASURABLE = {
 }
 
 
+def outcome(pid: str, index: int, ok: bool, metadata: dict[str, Any] | None = None) -> SampleRecord:
+    """A scored sample with nothing but its verdict: what claims and verdicts read."""
+    return SampleRecord(
+        id=pid,
+        sample_index=index,
+        prompt="",
+        response="",
+        extracted=None,
+        correct=ok,
+        target="",
+        finish_reason="stop",
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_s=0.0,
+        attempts=1,
+        error=None,
+        metadata=metadata or {},
+        details={},
+    )
+
+
 def reference_rows() -> dict[int, dict[str, str]]:
     """claims.csv by line number (header = line 1; no field spans lines)."""
     path = REPO.parent / "shared" / "reference" / "claims.csv"
@@ -173,26 +194,7 @@ class Builder:
             f"20260101T00000{self.count}Z-{suite_name}-built",
             {"config_hash": f"built-{self.count}", "identity": identity},
         )
-        records = [
-            SampleRecord(
-                id=pid,
-                sample_index=0,
-                prompt="",
-                response="",
-                extracted=None,
-                correct=ok,
-                target="",
-                finish_reason="stop",
-                prompt_tokens=0,
-                completion_tokens=0,
-                latency_s=0.0,
-                attempts=1,
-                error=None,
-                metadata={},
-                details={},
-            )
-            for pid, ok in zip(ids, correct, strict=True)
-        ]
+        records = [outcome(pid, 0, ok) for pid, ok in zip(ids, correct, strict=True)]
         writer = RunWriter(run)
         writer.append(records)
         summary = summarize_records(suite, records, 1)
@@ -332,26 +334,7 @@ def test_tau2_domain_claims_read_an_all_domain_run(builder: Builder) -> None:
     tau2 suite builds it."""
 
     def trials(domain: str, task: int, ok: bool) -> list[SampleRecord]:
-        return [
-            SampleRecord(
-                id=f"{domain}/{task}",
-                sample_index=i,
-                prompt="",
-                response="",
-                extracted=None,
-                correct=ok,
-                target="",
-                finish_reason="stop",
-                prompt_tokens=0,
-                completion_tokens=0,
-                latency_s=0.0,
-                attempts=1,
-                error=None,
-                metadata={"domain": domain},
-                details={},
-            )
-            for i in range(4)
-        ]
+        return [outcome(f"{domain}/{task}", i, ok, {"domain": domain}) for i in range(4)]
 
     # retail: 84 of 114 tasks pass all 4 trials, 30 none, so pass^k = 84/114 = 0.737 for every
     # k; telecom: 0 of 114.
