@@ -24,7 +24,6 @@ leaderboard aggregation) and `overall`, see `metrics`.
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -80,13 +79,8 @@ def coefficients(node: Node, counts: Counter[str]) -> dict[str, float] | None:
 
 
 def weighted_accuracy(records: Sequence[SampleRecord], weights: dict[str, float]) -> dict[str, Any]:
-    """sum_c weight_c * accuracy_c over the weighted categories, with its standard error and a
-    percentile-bootstrap interval stratified by category: each resample redraws every category's
-    problems from that category, so the sizes BFCL's weights rest on stay fixed. (evalkit.stats
-    has no stratified bootstrap; this keeps its conventions: per-problem values, seed, resamples,
-    chunked draws.)"""
-    import numpy as np
-
+    """sum_c weight_c * accuracy_c over the weighted categories, its interval stratified by
+    category (evalkit.stats.stratified_summarize)."""
     category_of = {r.id: r.metadata["category"] for r in records}
     per_category: dict[str, list[float]] = defaultdict(list)
     samples = 0
@@ -95,32 +89,7 @@ def weighted_accuracy(records: Sequence[SampleRecord], weights: dict[str, float]
         if category in weights:
             per_category[category].append(sum(outcomes) / len(outcomes))
             samples += len(outcomes)
-    rng = np.random.default_rng(stats.BOOTSTRAP_SEED)
-    resamples = stats.BOOTSTRAP_RESAMPLES
-    mean = variance = 0.0
-    boot = np.zeros(resamples)
-    for category in sorted(weights):
-        arr = np.asarray(per_category[category], dtype=float)
-        n, w = arr.size, weights[category]
-        mean += w * float(arr.mean())
-        variance += w * w * (float(arr.var(ddof=1)) / n if n > 1 else 0.0)
-        rows = max(1, stats.BOOTSTRAP_CHUNK // n)
-        draws = [
-            arr[rng.integers(0, n, size=(min(rows, resamples - start), n))].mean(axis=1)
-            for start in range(0, resamples, rows)
-        ]
-        boot += w * np.concatenate(draws)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {
-        "mean": mean,
-        "stderr": math.sqrt(variance),
-        "ci95": [float(lo), float(hi)],
-        "n": sum(len(v) for v in per_category.values()),
-        "n_samples": samples,
-        "ci_method": f"percentile bootstrap over problems stratified by category, {resamples} "
-        "resamples",
-        "weights": weights,
-    }
+    return stats.stratified_summarize(per_category, weights, n_samples=samples)
 
 
 class BfclSuite(Suite):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sample_records import scored
 
 from evalkit import stats
 from evalkit.claims import Claim, evaluate_claims, load_claims, registry_path, run_model
@@ -35,27 +36,6 @@ MEASURABLE = {
     "tau2-bench telecom",
     "Tau2-Bench (micro-average over retail/airline/telecom)",
 }
-
-
-def outcome(pid: str, index: int, ok: bool, metadata: dict[str, Any] | None = None) -> SampleRecord:
-    """A scored sample with nothing but its verdict: what claims and verdicts read."""
-    return SampleRecord(
-        id=pid,
-        sample_index=index,
-        prompt="",
-        response="",
-        extracted=None,
-        correct=ok,
-        target="",
-        finish_reason="stop",
-        prompt_tokens=0,
-        completion_tokens=0,
-        latency_s=0.0,
-        attempts=1,
-        error=None,
-        metadata=metadata or {},
-        details={},
-    )
 
 
 def reference_rows() -> dict[int, dict[str, str]]:
@@ -194,7 +174,7 @@ class Builder:
             f"20260101T00000{self.count}Z-{suite_name}-built",
             {"config_hash": f"built-{self.count}", "identity": identity},
         )
-        records = [outcome(pid, 0, ok) for pid, ok in zip(ids, correct, strict=True)]
+        records = [scored(pid, 0, ok) for pid, ok in zip(ids, correct, strict=True)]
         writer = RunWriter(run)
         writer.append(records)
         summary = summarize_records(suite, records, 1)
@@ -334,7 +314,7 @@ def test_tau2_domain_claims_read_an_all_domain_run(builder: Builder) -> None:
     tau2 suite builds it."""
 
     def trials(domain: str, task: int, ok: bool) -> list[SampleRecord]:
-        return [outcome(f"{domain}/{task}", i, ok, {"domain": domain}) for i in range(4)]
+        return [scored(f"{domain}/{task}", i, ok, {"domain": domain}) for i in range(4)]
 
     # retail: 84 of 114 tasks pass all 4 trials, 30 none, so pass^k = 84/114 = 0.737 for every
     # k; telecom: 0 of 114.
