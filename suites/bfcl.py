@@ -18,12 +18,15 @@ only well-formed calls), and the run's agent budget (--max-steps, --max-errors, 
 identical replies, a reply cut at --max-tokens) can end an episode early, which fails it as
 BFCL's force-quit does.
 Scoring: BFCL's checkers: AST checker (non-live, live), relevance/irrelevance rules, multi-turn
-state and execution-result checks. Metrics: per-category accuracy, BFCL's summary scores (its
-leaderboard aggregation) and `overall`, see `metrics`.
+state and execution-result checks. Seven entries' possible answers, which BFCL's checker cannot
+match with any answer, are corrected (bridge.ERRATA, recorded in the run's provenance); the
+`accuracy_bfcl_checker` metric keeps BFCL's verdicts. Metrics: per-category accuracy, BFCL's
+summary scores (its leaderboard aggregation) and `overall`, see `metrics`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -189,7 +192,7 @@ class BfclSuite(Suite):
             else:
                 verdict = bridge.check_single_turn(record, response.tool_calls)
                 extracted = bridge.render_decoded(verdict.pop("decoded", None))
-                details = {}
+                details = {k: verdict[k] for k in ("erratum", "official_valid") if k in verdict}
             if not verdict["valid"]:
                 details["error"] = verdict.get("error")
                 details["error_type"] = verdict.get("error_type")
@@ -201,7 +204,24 @@ class BfclSuite(Suite):
         BFCL's own score for the suite (`headline`: its overall without agentic, or a group's
         summary) when every category it needs is in the run, else the mean over entries
         (`definition` says which). Beside it, each of BFCL's summary scores whose categories
-        are all present, and `entries`, the plain mean over entries."""
+        are all present, and `entries`, the plain mean over entries. When the run holds entries
+        with an erratum (bridge.ERRATA), `accuracy_bfcl_checker` is the headline as BFCL's own
+        checker scores it, those entries failed: the number to set beside BFCL's leaderboard."""
+        out = self._scores(records)
+        if any(r.id in bridge.ERRATA for r in records):
+            official = [
+                dataclasses.replace(r, correct=bool(r.details.get("official_valid", r.correct)))
+                for r in records
+            ]
+            errata = sorted(r.id for r in records if r.id in bridge.ERRATA)
+            out["accuracy_bfcl_checker"] = {
+                **self._scores(official)["accuracy"],
+                "definition": "accuracy as bfcl-eval's checker scores it, without evalkit's "
+                f"errata of {', '.join(errata)}",
+            }
+        return out
+
+    def _scores(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         category = {r.id: r.metadata["category"] for r in records}
         counts = Counter(category.values())
         if len(self.categories) == 1:
@@ -236,6 +256,11 @@ class BfclSuite(Suite):
             "categories": list(self.categories),
             "left_out": LEFT_OUT,
             "max_steps_per_turn": bridge.bfcl().max_steps_per_turn,
+            "errata": {
+                entry: erratum.reason
+                for entry, erratum in bridge.ERRATA.items()
+                if entry.rsplit("_", 1)[0] in self.categories  # ids are category_number
+            },
         }
 
 

@@ -1,9 +1,9 @@
 """BFCL v4 through evalkit's pipeline, on the wheel's real data and checkers: every gold answer
 (the possible answers as native tool calls; for multi-turn the ground-truth calls of each turn)
-scores 100% in every category, but for the 7 entries whose correct answer BFCL's own checker
-rejects (pinned below); a wrong argument or a missing call scores 0; multi-turn episodes follow
-BFCL's protocol (held-out functions, step limit); model text that tries code injection never
-reaches BFCL's `eval`."""
+scores 100% in every category (the 7 entries whose correct answer BFCL's own checker rejects
+are corrected by evalkit's errata, pinned below); a wrong argument or a missing call scores 0;
+multi-turn episodes follow BFCL's protocol (held-out functions, step limit); model text that
+tries code injection never reaches BFCL's `eval`."""
 
 from __future__ import annotations
 
@@ -161,8 +161,13 @@ def gold_answer(record: dict[str, Any], turn: int, replies: int) -> list[ToolCal
         return [ToolCall("c0", record["function"][0]["name"].replace(".", "_"), {})]
     if bridge.is_relevance(category):
         return []
+    return calls_from(record, bridge.corrected_ground_truth(record))
+
+
+def calls_from(record: dict[str, Any], truth: list[dict[str, Any]]) -> list[ToolCall]:
+    """A possible answer's first accepted values as native tool calls."""
     calls = []
-    for i, call in enumerate(record["ground_truth"]):
+    for i, call in enumerate(truth):
         ((name, possible),) = call.items()
         args = gold_arguments(record, name, possible)
         calls.append(ToolCall(f"c{i}", name.replace(".", "_"), args, json.dumps(args)))
@@ -282,9 +287,9 @@ def run_suite(suite_name: str, answer: Answer, tmp_path: Path) -> tuple[Any, dic
 # -- tests ---------------------------------------------------------------------------------
 
 
-# Entries whose correct answer fails bfcl-eval 2026.3.23's own checker (defects of its data):
-# they fail for every model on BFCL's leaderboard too, so they stay in, and are pinned here.
-KNOWN_DEFECTS = {
+# Entries whose correct answer fails bfcl-eval 2026.3.23's own checker (defects of its data,
+# corrected by evalkit's errata): how that checker rejects the gold answer.
+OFFICIAL_FAILURES = {
     # ArrayList parameters with items of type "any" always parse to strings, and the
     # possible answer holds the int 42 / the boolean true.
     "simple_java_36": "value_error",
@@ -302,43 +307,64 @@ KNOWN_DEFECTS = {
 }
 
 
-def failures(run: Any) -> dict[str, str]:
-    return {r.id: r.details.get("error_type") or "" for r in run.samples() if not r.correct}
+def test_errata_are_exactly_the_entries_bfcls_checker_rejects_with_their_own_answer() -> None:
+    """Each erratum's entry: the data's own answer, sent as calls, fails BFCL's checker for the
+    reason pinned above; the corrected answer passes, and BFCL's verdict on it is kept."""
+    assert set(bridge.ERRATA) == set(OFFICIAL_FAILURES)
+    seen = set()
+    for category in ("simple_java", "live_simple", "live_multiple"):
+        for record in bridge.load_category(category):
+            if record["id"] not in bridge.ERRATA:
+                continue
+            seen.add(record["id"])
+            official = bridge.check_single_turn(
+                {**record, "id": "no erratum"}, calls_from(record, record["ground_truth"])
+            )
+            assert not official["valid"], record["id"]
+            assert official["error_type"].startswith(OFFICIAL_FAILURES[record["id"]])
+            verdict = bridge.check_single_turn(record, gold_answer(record, 0, 0))
+            assert verdict["valid"] and verdict["official_valid"] is False, record["id"]
+            assert verdict["erratum"] == bridge.ERRATA[record["id"]].reason
+    assert seen == set(bridge.ERRATA)
+
+
+def failures(run: Any) -> list[str]:
+    return [r.id for r in run.samples() if not r.correct]
 
 
 def test_every_gold_answer_scores_100_in_every_category(tmp_path: Path) -> None:
     run, summary = run_suite("bfcl", gold_answer, tmp_path)
     assert summary["counts"]["items"] == 4441
-    failed = failures(run)
-    assert set(failed) == set(KNOWN_DEFECTS)
-    for sample_id, error_type in failed.items():
-        assert error_type.startswith(KNOWN_DEFECTS[sample_id])
+    assert failures(run) == []
     by_category = summary["breakdowns"]["category"]
     assert set(by_category) == set(bridge.CATEGORIES)
     for category, metric in by_category.items():
-        defects = sum(i.startswith(category + "_") for i in KNOWN_DEFECTS)
-        assert metric["mean"] == (metric["n"] - defects) / metric["n"], category
-        if not defects:
-            assert metric["mean"] == 1.0
+        assert metric["mean"] == 1.0, category
     assert by_category["multi_turn_long_context"]["n"] == 200
     metrics = summary["metrics"]
-    for name in ("irrelevance", "relevance", "multi_turn"):
-        assert metrics[name]["mean"] == pytest.approx(1.0)
+    for name in ("accuracy", "overall", "non_live", "live", "irrelevance", "relevance"):
+        assert metrics[name]["mean"] == pytest.approx(1.0), name
         assert metrics[name]["ci95"] == pytest.approx([1.0, 1.0])  # stratified: no spread
     assert (metrics["relevance"]["n"], metrics["multi_turn"]["n"]) == (16, 800)
-    lo, hi = metrics["overall"]["ci95"]
-    assert lo < metrics["overall"]["mean"] < hi <= 1.0
+    assert metrics["entries"]["mean"] == 1.0
     headline = metrics["accuracy"]
     assert headline["definition"].startswith("BFCL v4 overall without agentic")
-    assert headline["mean"] == metrics["overall"]["mean"]
-    assert metrics["entries"]["mean"] == (4441 - len(KNOWN_DEFECTS)) / 4441
     weights = headline["weights"]
     assert sum(weights.values()) == pytest.approx(1.0)
     assert "live_relevance" not in weights  # BFCL's overall leaves relevance out
     assert weights["multi_turn_base"] == pytest.approx(30 / 60 / 4)
-    expected = sum(weights[c] * by_category[c]["mean"] for c in weights)
-    assert headline["mean"] == pytest.approx(expected)
-    assert summary["provenance"]["suite"]["bfcl_eval"] == bridge.BFCL_VERSION
+    # As BFCL's own checker scores the same answers: the errata's entries fail.
+    official = {r.id: r.details.get("official_valid", r.correct) for r in run.samples()}
+    assert {i for i, ok in official.items() if not ok} == set(bridge.ERRATA)
+    counts = {c: m["n"] for c, m in by_category.items()}
+    lost = {c: sum(i.rsplit("_", 1)[0] == c for i in bridge.ERRATA) for c in counts}
+    expected = sum(w * (1 - lost[c] / counts[c]) for c, w in weights.items())
+    checker = metrics["accuracy_bfcl_checker"]
+    assert checker["mean"] == pytest.approx(expected) and checker["mean"] < 1.0
+    assert "simple_java_36" in checker["definition"]
+    provenance = summary["provenance"]["suite"]
+    assert provenance["bfcl_eval"] == bridge.BFCL_VERSION
+    assert set(provenance["errata"]) == set(bridge.ERRATA)
     assert summary["provenance"]["agent"]["user_model"] is None
 
 
