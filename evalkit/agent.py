@@ -119,15 +119,21 @@ class BudgetState:
     def elapsed(self) -> float:
         return time.monotonic() - self.started - self.waited
 
-    def remaining_s(self) -> float:
+    def remaining_s(self) -> float | None:
+        """Seconds left of the time budget; None without a time limit (asyncio.wait_for's
+        timeout=None: wait as long as it takes)."""
+        if self.budget.max_time_s is None:
+            return None
         return self.budget.max_time_s - self.elapsed()
 
     def exhausted(self) -> str | None:
-        if self.remaining_s() <= 0:
+        """The limit the episode has reached, if any; a limit that is None never is."""
+        remaining = self.remaining_s()
+        if remaining is not None and remaining <= 0:
             return TIMEOUT
-        if self.steps >= self.budget.max_steps:
+        if self.budget.max_steps is not None and self.steps >= self.budget.max_steps:
             return MAX_STEPS
-        if self.errors >= self.budget.max_errors:
+        if self.budget.max_errors is not None and self.errors >= self.budget.max_errors:
             return MAX_ERRORS
         return None
 

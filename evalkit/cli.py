@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -109,14 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--user-model",
         help="simulated user: a model spec, or 'scripted' (default: the suite's, e.g. gpt-4.1)",
     )
+    # Unset: the suite's own (Suite.default_budget); each flag given replaces its field only.
     agent.add_argument(
-        "--max-steps", type=_positive_int, default=200, help="messages per episode (200)"
+        "--max-steps",
+        type=_positive_int,
+        help="messages per episode (default: the suite's; tau2: 200, bfcl: no limit)",
     )
     agent.add_argument(
-        "--max-errors", type=_positive_int, default=10, help="tool errors per episode (10)"
+        "--max-errors",
+        type=_positive_int,
+        help="tool errors per episode (default: the suite's; tau2: 10, bfcl: no limit)",
     )
     agent.add_argument(
-        "--episode-timeout", type=_positive_float, default=1800.0, help="seconds per episode"
+        "--episode-timeout",
+        type=_positive_float,
+        help="seconds per episode (default: the suite's; tau2 and bfcl: 1800)",
     )
 
     vllm = run.add_argument_group("vLLM engine (vllm:<repo> and <preset>@vllm)")
@@ -259,15 +267,25 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     which plans every shard's run to know its config hash)."""
     from evalkit import protocols
     from evalkit.models import ModelOptions
-    from evalkit.records import AgentBudget, GenerationParams
+    from evalkit.records import GenerationParams
     from evalkit.registry import get_suite
     from evalkit.runner import RunConfig, parse_shard
 
+    suite = get_suite(args.suite)
     settings = protocols.resolve(
         args.protocol,
         args.suite,
         {k: getattr(args, k) for k in protocols.SETTINGS},
-        suite_defaults={"samples": get_suite(args.suite).default_samples},
+        suite_defaults={"samples": suite.default_samples},
+    )
+    # The suite's budget, with only the limits given as flags replaced.
+    flags = {
+        "max_steps": args.max_steps,
+        "max_errors": args.max_errors,
+        "max_time_s": args.episode_timeout,
+    }
+    budget = dataclasses.replace(
+        suite.default_budget, **{k: v for k, v in flags.items() if v is not None}
     )
     return RunConfig(
         suite=args.suite,
@@ -309,11 +327,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         progress=not args.no_progress,
         cache=not args.no_cache,
         user_model=args.user_model,
-        budget=AgentBudget(
-            max_steps=args.max_steps,
-            max_errors=args.max_errors,
-            max_time_s=args.episode_timeout,
-        ),
+        budget=budget,
     )
 
 

@@ -125,11 +125,13 @@ class Response:
 
 @dataclass(frozen=True)
 class AgentBudget:
-    """Limits on one agentic episode; hitting one ends the episode, recorded, as a failure."""
+    """Limits on one agentic episode; hitting one ends the episode, recorded, as a failure.
+    None: no such limit. The defaults are tau2-bench's; a suite whose benchmark counts
+    differently sets its own (Suite.default_budget)."""
 
-    max_steps: int = 200  # messages in the episode (agent, user, tool), tau2-bench's default
-    max_errors: int = 10  # tool calls that returned an error (tau2-bench's default)
-    max_time_s: float = 1800.0  # wall time of the episode
+    max_steps: int | None = 200  # messages in the episode (agent, user, tool), tau2-bench's
+    max_errors: int | None = 10  # tool calls that returned an error (tau2-bench's default)
+    max_time_s: float | None = 1800.0  # wall time of the episode
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

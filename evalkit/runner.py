@@ -65,9 +65,10 @@ class RunConfig:
     cache: bool = True
     cache_dir: str | None = None
     # Agentic suites only (Suite.agentic): the simulated user (None: the suite's default) and
-    # the per-episode budget; both enter the identity of such runs.
+    # the per-episode budget (None: the suite's Suite.default_budget); both, as used, enter
+    # the identity of such runs.
     user_model: str | None = None
-    budget: AgentBudget = field(default_factory=AgentBudget)
+    budget: AgentBudget | None = None
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Plan:
     backend: Backend
     user_model: str | None = None
     user_backend: Backend | None = None
+    # The episode budget used: RunConfig.budget, or the suite's default.
+    budget: AgentBudget = field(default_factory=AgentBudget)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -175,8 +178,9 @@ def plan(config: RunConfig) -> Plan:
     }
     if engine:
         identity["engine"] = engine
+    budget = config.budget if config.budget is not None else suite.default_budget
     if suite.agentic:
-        identity["agent"] = {"budget": config.budget.to_dict(), "user_model": user_model}
+        identity["agent"] = {"budget": budget.to_dict(), "user_model": user_model}
     return Plan(
         suite=suite,
         mode=mode,
@@ -187,6 +191,7 @@ def plan(config: RunConfig) -> Plan:
         backend=backend,
         user_model=user_model,
         user_backend=user_backend,
+        budget=budget,
     )
 
 
@@ -275,7 +280,7 @@ async def _generate_and_score(
         backend=p.backend,
         slot=sem,
         system_prompt=config.system_prompt,
-        budget=config.budget,
+        budget=p.budget,
         user_model=p.user_model,
         user_backend=p.user_backend,
     )
@@ -436,7 +441,7 @@ def _summary(
             "suite": p.suite.provenance(),
             "agent": (
                 {
-                    "budget": config.budget.to_dict(),
+                    "budget": p.budget.to_dict(),
                     "user_model": p.user_model,
                     "user_backend": p.user_backend.describe() if p.user_backend else None,
                 }

@@ -70,6 +70,12 @@ class Suite(ABC):
     # the run's identity. `default_user_model` is the simulated user's spec (None: no user).
     agentic: ClassVar[bool] = False
     default_user_model: ClassVar[str | None] = None
+    # The episode budget when no --max-steps/--max-errors/--episode-timeout is given (each
+    # flag replaces its field only). AgentBudget()'s limits are tau2-bench's own defaults
+    # (200 messages, 10 tool errors), so τ² runs follow its protocol; a suite whose benchmark
+    # has other (or no) limits sets its own, since a limit the benchmark lacks would end
+    # episodes it continues.
+    default_budget: ClassVar[AgentBudget] = AgentBudget()
     # User-model specs the suite implements itself, without a backend (e.g. "scripted").
     builtin_user_models: ClassVar[tuple[str, ...]] = ()
 

@@ -14,9 +14,10 @@ Multi-turn: the user turns of the data, one agent turn each (evalkit.agent.run_t
 functions offered at their turn with BFCL's prompt, at most 20 tool-call steps per turn (BFCL's
 limit; more force-quits the episode). Where evalkit's one agent loop differs from BFCL's: a
 malformed call gets an error result and the turn goes on (BFCL ends the turn; both checkers see
-only well-formed calls), and the run's agent budget (--max-steps, --max-errors, time, repeated
-identical replies, a reply cut at --max-tokens) can end an episode early, which fails it as
-BFCL's force-quit does.
+only well-formed calls), and evalkit's guards (a wall-time limit, --episode-timeout, 1800 s by
+default; repeated identical replies; a reply cut at --max-tokens; --max-steps and --max-errors
+only where given, as BFCL has no such limits: see BfclSuite.default_budget) can end an
+episode early, which fails it as BFCL's force-quit does.
 Scoring: BFCL's checkers: AST checker (non-live, live), relevance/irrelevance rules, multi-turn
 state and execution-result checks. Seven entries' possible answers, which BFCL's checker cannot
 match with any answer, are corrected (bridge.ERRATA, recorded in the run's provenance); the
@@ -34,7 +35,15 @@ from typing import Any
 from evalkit import agent, stats
 from evalkit import bfcl_bridge as bridge
 from evalkit.data import DataLocation, HubSource
-from evalkit.records import GenerationParams, Request, Response, Sample, SampleRecord, Score
+from evalkit.records import (
+    AgentBudget,
+    GenerationParams,
+    Request,
+    Response,
+    Sample,
+    SampleRecord,
+    Score,
+)
 from evalkit.registry import register_suite
 from evalkit.suite import SolveContext, Suite
 
@@ -114,6 +123,10 @@ class BfclSuite(Suite):
     categories: tuple[str, ...]
     # The BFCL score `accuracy` reports for a multi-category suite (see `metrics`).
     headline: str = "overall"
+    # BFCL's multi-turn protocol has no message or tool-error limit per episode, only its
+    # step limit per turn (max_steps_per_turn, see solve_multi_turn), so none here. The wall
+    # time limit is evalkit's guard against a hanging episode, not BFCL's.
+    default_budget = AgentBudget(max_steps=None, max_errors=None, max_time_s=1800.0)
 
     def load_records(self, location: DataLocation) -> list[dict[str, Any]]:
         return [r for c in self.categories for r in bridge.load_category(c)]

@@ -5,8 +5,10 @@ unknown tools, loops, floods, hangs, backend errors) ending as a recorded termin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from evalkit.agent import (
@@ -30,7 +32,10 @@ from evalkit.agent import (
     run_turn,
 )
 from evalkit.backends.base import Backend
+from evalkit.cli import build_parser, run_config
 from evalkit.records import AgentBudget, GenerationParams, Request, Response, ToolCall, Usage
+from evalkit.registry import get_suite
+from evalkit.runner import RunConfig, plan
 from evalkit.suite import SolveContext
 
 
@@ -287,6 +292,43 @@ def test_a_hanging_model_is_stopped_by_the_episode_timeout():
     assert ep.termination == TIMEOUT and ep.failed and ep.elapsed_s < 5
 
 
+def test_a_limit_of_none_is_no_limit():
+    """BFCL's protocol has no message or tool-error limit: None must never end an episode."""
+    state = BudgetState(AgentBudget(max_steps=None, max_errors=None, max_time_s=None))
+    state.steps = state.errors = 10**6
+    state.started -= 10**6
+    assert state.remaining_s() is None and state.exhausted() is None
+    # Each limit on its own, the others None.
+    state = BudgetState(AgentBudget(max_steps=None, max_errors=2, max_time_s=None))
+    state.steps = 10**6
+    assert state.exhausted() is None
+    state.errors = 2
+    assert state.exhausted() == MAX_ERRORS
+    state = BudgetState(AgentBudget(max_steps=5, max_errors=None, max_time_s=None))
+    state.errors, state.steps = 10**6, 5
+    assert state.exhausted() == MAX_STEPS
+    state = BudgetState(AgentBudget(max_steps=None, max_errors=None, max_time_s=10.0))
+    assert 0 < (state.remaining_s() or 0) <= 10.0 and state.exhausted() is None
+    state.started -= 11
+    assert state.exhausted() == TIMEOUT
+
+
+def test_an_episode_without_limits_goes_on_past_taus_error_limit():
+    """30 failing calls: tau2's default budget ends the episode, a budget of None does not."""
+
+    def policy(request: Request, n: int) -> Response:
+        if n < 30:
+            return reply("", call("deposit", f"c{n}", account="A", amount=str(n)))
+        return reply("Done.")
+
+    ep = episode(Scripted(policy), Bank(A=0), AgentBudget())
+    assert ep.termination == MAX_ERRORS and ep.tool_errors == 10
+    unlimited = AgentBudget(max_steps=None, max_errors=None, max_time_s=None)
+    ep = episode(Scripted(policy), Bank(A=0), unlimited)
+    assert ep.termination == AGENT_STOP and not ep.failed
+    assert ep.tool_errors == 30 and ep.steps > 60
+
+
 def test_time_queued_for_a_concurrency_slot_is_not_the_episodes():
     """In a big run most episodes wait for one of few slots; that wait must not expire them."""
     backend = Scripted(lambda r, n: reply("Hello."))
@@ -357,3 +399,45 @@ def test_scripted_user_replays_its_turns_then_ends():
     said = [m["content"] for m in ep.messages if m["role"] == "user"]
     assert said == ["Deposit 5 into acct A.", "first", "second"]
     assert ep.termination == USER_STOP and len(agent.requests) == 3
+
+
+# -- a run's budget: its suite's, with only the limits given as flags replaced ---------------
+
+
+def run_budget(suite: str, *flags: str) -> AgentBudget | None:
+    args = build_parser().parse_args(["run", "--suite", suite, "--model", "local", *flags])
+    return run_config(args).budget
+
+
+def test_a_run_takes_its_suites_budget_and_only_the_limits_given():
+    # BFCL multi-turn has no message or tool-error limit (only its per-turn step limit).
+    assert run_budget("bfcl-multi-turn-base") == AgentBudget(None, None, 1800.0)
+    assert run_budget("tau2-retail") == AgentBudget(200, 10, 1800.0)  # tau2-bench's
+    assert run_budget("bfcl-multi-turn-base", "--max-errors", "3") == AgentBudget(None, 3, 1800.0)
+    assert run_budget("bfcl-multi-turn-base", "--episode-timeout", "60") == AgentBudget(
+        None, None, 60.0
+    )
+    assert run_budget("tau2-retail", "--max-steps", "50") == AgentBudget(50, 10, 1800.0)
+    assert run_budget("tau2-retail", "--max-errors", "4", "--max-steps", "30") == AgentBudget(
+        30, 4, 1800.0
+    )
+
+
+def test_a_run_config_without_a_budget_runs_and_records_its_suites(tmp_path: Path):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"id": "multi_turn_base_0", "response": "Done."}) + "\n")
+    config = RunConfig(
+        suite="bfcl-multi-turn-base",
+        model=f"replay:{answers}",
+        limit=1,
+        results_dir=str(tmp_path / "results"),
+        progress=False,
+        cache=False,
+    )
+    assert config.budget is None
+    p = plan(config)
+    assert p.budget == get_suite("bfcl-multi-turn-base").default_budget
+    recorded = json.loads(json.dumps(p.identity))["agent"]["budget"]
+    assert recorded == {"max_steps": None, "max_errors": None, "max_time_s": 1800.0}
+    given = AgentBudget(max_errors=5)
+    assert plan(dataclasses.replace(config, budget=given)).budget == given
