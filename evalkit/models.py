@@ -280,7 +280,7 @@ def build_backend(spec: str, options: ModelOptions) -> Backend:
         or "https://api.openai.com/v1"
     )
     key_env = options.api_key_env or (route.api_key_env if route else "OPENAI_API_KEY")
-    api_key = options.api_key or os.environ.get(key_env)
+    api_key = options.api_key or os.environ.get(key_env) or None  # set but empty: no key
     extra: dict[str, Any] = {"preset": preset.name, "route": resolved[1]} if resolved else {}
     if api_key is None and "127.0.0.1" not in base_url and "localhost" not in base_url:
         raise EvalkitError(f"no API key for {spec}: set {key_env} or pass --api-key-env")

@@ -215,7 +215,16 @@ def _user_model(suite: Suite, config: RunConfig) -> tuple[str | None, Backend | 
         max_attempts=opts.max_attempts,
         concurrency=opts.concurrency,
     )
-    return spec, cache.wrap(build_backend(spec, user_options), config.cache, config.cache_dir)
+    try:
+        backend = build_backend(spec, user_options)
+    except EvalkitError as exc:
+        # Name the simulated user: "no API key for gpt-4.1" alone reads as the model under test.
+        builtin = ", ".join(f"'{b}'" for b in suite.builtin_user_models)
+        offline = f" (or {builtin}, no model)" if builtin else ""
+        raise EvalkitError(
+            f"simulated user {spec!r}: {exc}; choose another with --user-model{offline}"
+        ) from None
+    return spec, cache.wrap(backend, config.cache, config.cache_dir)
 
 
 def execute(config: RunConfig) -> Run:

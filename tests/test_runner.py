@@ -162,6 +162,17 @@ def test_bad_input_exits_2_and_writes_nothing(
     assert not results_dir.exists() or not any(results_dir.iterdir())
 
 
+def test_a_simulated_user_that_cannot_start_is_named(data_dir: Path, results_dir: Path) -> None:
+    """τ²'s default user is gpt-4.1: without its key the one-line error says it is the user
+    (not the model under test) and how to run without it."""
+    args = ["--suite", "tau2-retail", "--model", "local", "--limit", "1"]
+    out = evalkit("run", *args, "--results-dir", str(results_dir), env={"OPENAI_API_KEY": ""})
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert "simulated user 'gpt-4.1'" in line and "--user-model" in line and "'scripted'" in line
+    assert not results_dir.exists() or not any(results_dir.iterdir())
+
+
 @pytest.mark.parametrize(
     "content",
     [
