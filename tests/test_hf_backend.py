@@ -5,6 +5,7 @@ accelerate between CPU memory and disk offload. Scores do not matter; exact outp
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ from evalkit.backends.local import _sha256, find_gguf
 from evalkit.errors import EvalkitError
 from evalkit.models import PRESETS, ModelOptions, build_backend, parse_spec
 from evalkit.records import GenerationParams, Request, Response
+from evalkit.runner import RunConfig, execute
 
 GiB = 1 << 30
 QUESTIONS = [
@@ -304,6 +306,157 @@ def test_cli_run_stores_a_finished_run_with_the_device_map(
     assert model["revision"].startswith("sha256:")
 
 
+# ---- tool-use suites: tool calls in the conversation, τ²-bench and BFCL ----------------------
+
+WEATHER = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+CALLS_TEMPLATE = (  # renders tools and calls as Hermes/Qwen templates do (arguments: tojson)
+    "{% if tools %}tools: {{ tools | tojson }}\n{% endif %}"
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.arguments | tojson }}</tool_call>"
+    "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def test_a_tool_call_turn_and_its_result_reach_the_chat_template(smol: Served) -> None:
+    """An agent loop's second request: the assistant turn holds only calls (content None, the
+    arguments as JSON text, OpenAI's format), then the tool's result. SmolLM2's template
+    concatenates every content and failed on the None before; templates that render calls
+    get the arguments as an object, a malformed call's text as written."""
+    calls = [
+        {"id": i, "type": "function", "function": {"name": "get_weather", "arguments": text}}
+        for i, text in (("c0", '{"city": "Paris"}'), ("c1", "{city: Rome"))
+    ]
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "c0", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "c1", "content": "error: bad arguments"},
+    ]
+    request = Request("t", 0, GenerationParams(max_tokens=4), messages=messages, tools=WEATHER)
+    response = smol.one(request)
+    assert response.error is None and response.usage.completion_tokens > 0
+    prompt = smol.backend.tokenizer.decode(smol.backend.encode(request))
+    assert "<|im_start|>assistant\n<|im_end|>\n<|im_start|>tool\nsunny<|im_end|>" in prompt
+    assert prompt.endswith(
+        "<|im_start|>tool\nerror: bad arguments<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert messages[1]["content"] is None  # the caller's messages are left alone
+
+    rendering = HFBackend(str(find_gguf()))
+    rendering.tokenizer = copy.deepcopy(smol.backend.tokenizer)
+    rendering.tokenizer.chat_template = CALLS_TEMPLATE
+    prompt = rendering.tokenizer.decode(rendering.encode(request))
+    assert (
+        'assistant: <tool_call>{"city": "Paris"}</tool_call><tool_call>"{city: Rome"</tool_call>'
+        in prompt
+    )
+    assert calls[0]["function"]["arguments"] == '{"city": "Paris"}'
+    # Whether the model was shown the tools is recorded: this template does, SmolLM2's not.
+    assert rendering.describe()["template_renders_tools"] is True
+    assert smol.backend.describe()["template_renders_tools"] is False
+
+
+def _samples(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "samples.jsonl").read_text().splitlines()
+    return sorted((json.loads(line) for line in lines), key=lambda s: (s["id"], s["sample_index"]))
+
+
+def _seen(smol: Served, messages: list[dict[str, Any]]) -> int:
+    """Prompt tokens of these messages as the hf backend renders them. SmolLM2's template shows
+    no tools (it has no place for them), so the messages are the whole prompt."""
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return len(smol.backend.encode(Request("p", 0, GenerationParams(), messages=plain)))
+
+
+def test_cli_plays_tau2_trials_on_the_hf_backend(smol: Served, results_dir: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "evalkit", "run", "--no-progress", "--suite", "tau2-retail",
+            "--model", f"hf:{find_gguf()}", "--trials", "2", "--limit", "1",
+            "--user-model", "scripted", "--max-tokens", "24", "--max-steps", "12",
+            "--results-dir", str(results_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (run_dir,) = [p for p in results_dir.iterdir() if p.is_dir()]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "complete" and run["counts"]["errors"] == 0
+    assert run["counts"]["samples"] == 2 and run["counts"]["items"] == 1
+    assert set(run["metrics"]) == {"pass^1", "pass^2"}
+    provenance = run["provenance"]
+    agent = provenance["agent"]
+    assert agent["user_model"] == "scripted" and agent["budget"]["max_steps"] == 12
+    tau2 = provenance["suite"]["tau2"]
+    assert tau2["version"] == "26.3" and tau2["domains"]["retail"]["tasks"] == 114
+    assert "db.json" in tau2["domains"]["retail"]["data_files_sha256"]
+    assert provenance["model"]["backend"] == "hf" and provenance["model"]["revision"]
+    # SmolLM2's template has no place for tools: said, and recorded with the run.
+    assert provenance["model"]["template_renders_tools"] is False
+    assert "ignores tools" in out.stderr
+    samples = _samples(run_dir)
+    assert [(s["id"], s["sample_index"]) for s in samples] == [("retail/0", 0), ("retail/0", 1)]
+    for s in samples:
+        transcript = s["transcript"]
+        assert [m["role"] for m in transcript[:4]] == ["system", "assistant", "user", "assistant"]
+        assert "<policy>" in transcript[0]["content"] and transcript[2]["content"]
+        replies = [m for m in transcript if m["role"] == "assistant" and "usage" in m]
+        assert replies and all(m["latency_s"] > 0 and m["content"] is not None for m in replies)
+        first = replies[0]
+        assert first["usage"]["prompt_tokens"] == _seen(smol, transcript[:3])
+        assert first["finish_reason"] in {"stop", "length"} and s["completion_tokens"] > 0
+        assert s["details"]["termination"] in {"user_stop", "agent_stop", "truncated"}
+        assert s["correct"] is (s["details"]["reward"] == 1.0)
+    # Greedy (temperature 0), batch-independent decoding: both trials play the same episode.
+    played = [
+        [{k: v for k, v in m.items() if k != "latency_s"} for m in s["transcript"]] for s in samples
+    ]
+    assert played[0] == played[1]
+
+
+@pytest.mark.parametrize("suite, limit", [("bfcl-simple", 2), ("bfcl-multi-turn-base", 1)])
+def test_bfcl_runs_on_the_hf_backend(
+    suite: str, limit: int, smol: Served, results_dir: Path
+) -> None:
+    run = execute(
+        RunConfig(
+            suite=suite,
+            model=f"hf:{find_gguf()}",
+            limit=limit,
+            params=GenerationParams(max_tokens=24),
+            results_dir=str(results_dir),
+            progress=False,
+        )
+    )
+    summary = json.loads((run.path / "run.json").read_text())
+    assert summary["status"] == "complete" and summary["counts"]["errors"] == 0
+    assert summary["counts"]["samples"] == limit and "accuracy" in summary["metrics"]
+    assert summary["provenance"]["suite"]["bfcl_eval"] == "2026.3.23"
+    assert summary["provenance"]["model"]["backend"] == "hf"
+    for s in _samples(run.path):
+        assert s["error"] is None and s["completion_tokens"] > 0 and s["response"]
+        assert s["prompt_tokens"] == _seen(smol, s["prompt"])
+        assert isinstance(s["correct"], bool)
+        assert s["correct"] or s["details"]["error_type"]
+    if suite == "bfcl-multi-turn-base":
+        (s,) = _samples(run.path)
+        assert [m["role"] for m in s["transcript"][:2]] == ["user", "assistant"]
+        assert s["transcript"][0]["content"] == s["prompt"][0]["content"]
+        assert s["details"]["termination"] in {"truncated", "agent_stop", "user_stop"}
+        agent = summary["provenance"]["agent"]
+        assert agent["user_model"] is None and "max_steps" in agent["budget"]
+
+
 # ---- a model split across devices ---------------------------------------------------------
 
 
@@ -315,7 +468,7 @@ def tiny_llama(smol: Served, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("tiny-llama")
-    tok = smol.backend.tokenizer
+    tok = copy.deepcopy(smol.backend.tokenizer)  # the other tests keep SmolLM2's template
     tok.chat_template = (
         "{% if tools %}Tools:{% for t in tools %} {{ t.function.name }}{% endfor %}\n{% endif %}"
         "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"

@@ -26,6 +26,7 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -383,15 +384,30 @@ class HFBackend(Backend):
         tok = self.tokenizer
         with self._tok_lock:
             if request.kind == "chat":
+                messages = template_messages(request.messages or [])
                 text = tok.apply_chat_template(
-                    request.messages,
-                    tools=request.tools,
-                    add_generation_prompt=True,
-                    tokenize=False,
+                    messages, tools=request.tools, add_generation_prompt=True, tokenize=False
                 )
+                if request.tools and "template_renders_tools" not in self._info:
+                    self._check_template_renders_tools(messages, text)
                 # The template already wrote the special tokens (BOS where it wants one).
                 return list(tok(text, add_special_tokens=False)["input_ids"])
             return list(tok(request.prompt)["input_ids"])
+
+    def _check_template_renders_tools(self, messages: list[dict[str, Any]], text: str) -> None:
+        """A chat template without a place for tools (SmolLM2's) drops them silently: the model
+        never sees a schema, and its tool-use score means nothing. Said once on stderr and
+        recorded in the run's provenance (`template_renders_tools`)."""
+        bare = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        self._info["template_renders_tools"] = bare != text
+        if bare == text:
+            print(
+                f"evalkit: warning: the chat template of {self.describe()['model_id']} ignores "
+                "tools: the model is not shown the tool schemas",
+                file=sys.stderr,
+            )
 
     async def generate(self, request: Request) -> Response:
         if self._queue is None:
@@ -518,6 +534,36 @@ class HFBackend(Backend):
             model=self.target,
             tool_calls=tuple(tool_calls),
         )
+
+
+def template_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI-format messages as chat templates read them, as vLLM passes them: a null content
+    (an assistant turn of tool calls only) as "", since templates concatenate it (SmolLM2's
+    fails on it), and a call's `arguments` as the object its JSON text holds, as templates
+    that render calls expect (transformers' convention); text that is not a JSON object (a
+    malformed call) stays as the model wrote it."""
+    out = []
+    for message in messages:
+        message = dict(message)
+        if message.get("content") is None:
+            message["content"] = ""
+        if message.get("tool_calls"):
+            message["tool_calls"] = [_call_with_object_arguments(c) for c in message["tool_calls"]]
+        out.append(message)
+    return out
+
+
+def _call_with_object_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except ValueError:
+        return call
+    if not isinstance(arguments, dict):
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
 
 
 def _with_latency(response: Response, latency: float) -> Response:
