@@ -40,7 +40,7 @@ def _sha256(path: Path) -> str:
 
 
 def start_llama_server(
-    gguf: Path, *, parallel: int, n_ctx_per_slot: int, jinja: bool = False
+    gguf: Path, *, parallel: int, n_ctx_per_slot: int, jinja: bool = False, flash_attn: bool = False
 ) -> tuple[Any, str]:
     """An in-process llama.cpp server on a kernel-chosen loopback port (no window for another
     process to take it); it stops when the returned object is released. Returns it and its
@@ -53,10 +53,10 @@ def start_llama_server(
     params.n_parallel = parallel
     params.n_ctx = n_ctx_per_slot * parallel
     params.use_jinja = jinja  # the model's own Jinja chat template (renders tools)
-    # Flash attention off: on CPU its kernel decodes at long context at about half the speed
-    # (SmolLM2 on 2 cores, 7.4k tokens cached: 18 vs 31 tokens/s; 730 tokens: 86 vs 102), and
-    # decoding after a cached prefix is what agentic episodes and short prompts spend time on.
-    params.flash_attn_type = 0
+    # Flash attention off by default: on CPU its kernel decodes at long context at about half
+    # the speed (bench/local_long_context.py), and decoding after a cached prefix is what
+    # agentic episodes and short prompts spend their time on.
+    params.flash_attn_type = 1 if flash_attn else 0
     params.cpuparams.n_threads = os.cpu_count() or 1
     params.cpuparams_batch.n_threads = os.cpu_count() or 1
     params.verbosity = -1
