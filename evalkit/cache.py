@@ -103,13 +103,27 @@ class ResponseCache:
         self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # WAL: readers never block the writer and the writer never blocks readers.
         # synchronous=NORMAL: a power cut may lose the last entries, never corrupt the file.
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._enter_wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS responses ("
             " key TEXT PRIMARY KEY, response TEXT NOT NULL, backend TEXT NOT NULL,"
             " created_at REAL NOT NULL)"
         )
+
+    def _enter_wal(self) -> None:
+        """Switch a new file to WAL. The switch needs the file to itself, and sqlite answers
+        "database is locked" at once, without waiting on busy_timeout, while another process
+        opens the same new file: retried until the busy timeout (the mode then persists)."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def get(self, key: str) -> Response | None:
         row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
