@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import os
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -73,29 +71,6 @@ def start_llama_server(
     return server, f"{address}/v1"
 
 
-def _template_renders_tools(base_url: str) -> bool:
-    """Whether the served chat template shows the model tool schemas: llama.cpp renders the
-    same prompt with and without `tools` for a template with no place for them (SmolLM2's),
-    and the tool-use suites' scores then mean the model never saw a tool."""
-    root = base_url.removesuffix("/v1")
-    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    probe = {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather of a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-        },
-    }
-    prompts = []
-    for body in ({"messages": messages}, {"messages": messages, "tools": [probe]}):
-        data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
-        request = urllib.request.Request(f"{root}/apply-template", data, headers)
-        with urllib.request.urlopen(request, timeout=30) as reply:  # loopback, the server above
-            prompts.append(json.load(reply)["prompt"])
-    return prompts[0] != prompts[1]
-
-
 class LocalBackend(OpenAIBackend):
     # 8192 tokens per slot: tau2 telecom conversations reach about 6k tokens.
     def __init__(self, *, parallel: int = 2, n_ctx_per_slot: int = 8192, timeout_s: float = 600):
@@ -117,8 +92,8 @@ class LocalBackend(OpenAIBackend):
         )
 
     async def start(self) -> None:
-        # jinja: the model's own chat template, which renders tool schemas and tool turns
-        # (llama.cpp refuses `tools` without it), so the tool-use suites run on `local` too.
+        # jinja: the GGUF's own chat template (llama.cpp refuses `tools` without one), so the
+        # tool-use suites run on `local` too.
         self._server, self.base_url = start_llama_server(
             self.gguf, parallel=self.parallel, n_ctx_per_slot=self.n_ctx_per_slot, jinja=True
         )
@@ -128,9 +103,29 @@ class LocalBackend(OpenAIBackend):
             "weights": self.gguf.name,
             "server": f"llama.cpp via xllamacpp {importlib.metadata.version('xllamacpp')}",
             "parallel_slots": self.parallel,
-            "template_renders_tools": _template_renders_tools(self.base_url),
         }
         await super().start()
+        self.extra["template_renders_tools"] = await self._template_renders_tools()
+
+    async def _template_renders_tools(self) -> bool:
+        """Whether the served chat template shows the model tool schemas: llama.cpp renders the
+        same prompt with and without `tools` for a template with no place for them (SmolLM2's),
+        and the tool-use suites' scores then mean the model never saw a tool."""
+        messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+        probe = {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather of a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+        url = self.base_url.removesuffix("/v1") + "/apply-template"
+        prompts = []
+        for body in ({"messages": messages}, {"messages": messages, "tools": [probe]}):
+            async with self._session.post(url, json=body) as reply:
+                prompts.append((await reply.json())["prompt"])
+        return prompts[0] != prompts[1]
 
     async def generate(self, request: Request) -> Response:
         if request.tools and not self._told_tools_ignored:
